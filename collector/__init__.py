@@ -1,0 +1,1 @@
+"""The Upmetr Audit collector: OTLP receivers → processors → ClickHouse exporter."""

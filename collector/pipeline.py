@@ -1,0 +1,126 @@
+"""The sending queue: a bounded queue in front of the exporter, drained by
+one writer thread that commits everything waiting in one INSERT (group commit).
+
+A receiver submits a batch and waits for it: an acknowledgement means the
+rows are committed. When the queue is full, or the exporter fails, the
+receiver tells its client to retry; the queue never accepts and then drops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+
+from .metrics import Metrics
+from .processors import Batch
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """No room for the batch now; the client should retry later."""
+
+
+class ExportFailed(Exception):
+    """The batch was not committed; the client should retry later."""
+
+
+class _Pending:
+    __slots__ = ("batch", "done", "error")
+
+    def __init__(self, batch: Batch):
+        self.batch = batch
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class Pipeline:
+    def __init__(self, exporter, metrics: Metrics, *, queue_size_records: int = 200_000,
+                 max_batch_records: int = 50_000):
+        if queue_size_records < 1 or max_batch_records < 1:
+            raise ValueError("queue_size_records and max_batch_records must be positive")
+        self.exporter = exporter
+        self.metrics = metrics
+        self.queue_size_records = queue_size_records
+        self.max_batch_records = max_batch_records
+        self._queue: deque[_Pending] = deque()
+        self._queued_records = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="upmetr-audit-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def queued_records(self) -> int:
+        return self._queued_records
+
+    def submit(self, batch: Batch) -> _Pending:
+        """Queue ``batch``. Raises :class:`QueueFull` when there is no room
+        (a batch larger than the whole queue is admitted only into an empty queue)."""
+        n = len(batch.rows)
+        with self._cond:
+            if self._closed:
+                raise QueueFull("the collector is shutting down")
+            if self._queued_records and self._queued_records + n > self.queue_size_records:
+                raise QueueFull(f"sending queue full ({self._queued_records} records waiting)")
+            pending = _Pending(batch)
+            self._queue.append(pending)
+            self._queued_records += n
+            self.metrics.queue_records.set(self._queued_records)
+            self._cond.notify()
+        return pending
+
+    def export(self, batch: Batch, timeout_s: float = 30.0) -> None:
+        """Submit ``batch`` and wait until it is committed. Raises
+        :class:`QueueFull` or :class:`ExportFailed`."""
+        if not batch.rows:
+            return
+        pending = self.submit(batch)
+        if not pending.done.wait(timeout_s):
+            # Still queued or being written: the client will retry, and the
+            # retry is de-duplicated if this write commits after all.
+            raise ExportFailed(f"not committed within {timeout_s:g}s")
+        if pending.error is not None:
+            raise ExportFailed(str(pending.error)) from pending.error
+
+    def _take(self) -> list[_Pending] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            group, n = [], 0
+            while self._queue and (not group or n + len(self._queue[0].batch.rows)
+                                   <= self.max_batch_records):
+                p = self._queue.popleft()
+                group.append(p)
+                n += len(p.batch.rows)
+            return group
+
+    def _run(self) -> None:
+        while (group := self._take()) is not None:
+            error = None
+            try:
+                self.exporter.export([p.batch for p in group])
+            except Exception as exc:  # noqa: BLE001 - every failure goes back to the clients
+                log.warning("commit to ClickHouse failed", extra={"error": str(exc)})
+                error = exc
+            with self._cond:
+                for p in group:
+                    self._queued_records -= len(p.batch.rows)
+                self.metrics.queue_records.set(self._queued_records)
+            for p in group:
+                p.error = error
+                p.done.set()
+
+    def shutdown(self, timeout_s: float = 30.0) -> bool:
+        """Stop accepting, commit what is queued, stop the writer. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        return not self._thread.is_alive()

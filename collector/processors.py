@@ -1,0 +1,79 @@
+"""Processors: from a decoded OTLP request to rows of the ingest table.
+
+Routing: a record whose ``event_name`` starts with ``upmetr.audit.`` is an
+audit record; any other log record is counted and ignored. Every audit
+record becomes one row in the exporter's column shape (``schema.INGEST_COLUMNS``)
+with the contrib exporter's value rules, plus the verdict of
+:func:`contract.reject_reason`, used for the client's partial-success answer
+and for de-duplication. ClickHouse re-applies the same rules when it routes
+the row to ``audit_events`` or ``audit_rejects``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from upmetr_audit.shipper import contract
+from upmetr_audit.shipper.catalog import EVENT_NAME_PREFIX
+
+from .otlp import any_to_str, attrs_to_dict, hex_id
+
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass
+class Batch:
+    """The audit rows of one request, ready for the exporter."""
+
+    rows: list[list] = field(default_factory=list)
+    #: Per row: ``(org_id, event_id)`` for a valid record, ``None`` for a refused one.
+    keys: list[tuple[str, uuid.UUID] | None] = field(default_factory=list)
+    rejected: Counter = field(default_factory=Counter)
+    ignored: int = 0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def rejection_message(self) -> str:
+        if not self.rejected:
+            return ""
+        parts = ", ".join(f"{reason} ({n})" for reason, n in self.rejected.most_common())
+        return f"{self.rejected_total} audit log records rejected: {parts}"
+
+
+def to_batch(request, now_ns: int | None = None) -> Batch:
+    """Route and convert every log record of an ``ExportLogsServiceRequest``."""
+    now_ns = now_ns or time.time_ns()
+    batch = Batch()
+    for rl in request.resource_logs:
+        resource_attrs = attrs_to_dict(rl.resource.attributes)
+        service = resource_attrs.get("service.name", "")
+        for sl in rl.scope_logs:
+            scope = sl.scope
+            scope_attrs = attrs_to_dict(scope.attributes)
+            for rec in sl.log_records:
+                event_name = rec.event_name
+                if not event_name.startswith(EVENT_NAME_PREFIX):
+                    batch.ignored += 1
+                    continue
+                attrs = attrs_to_dict(rec.attributes)
+                ts = rec.time_unix_nano or rec.observed_time_unix_nano or now_ns
+                if ts > _INT64_MAX:  # beyond DateTime64(9): keep it, as an absurd time
+                    ts = 1
+                reason = contract.reject_reason(event_name, attrs, ts, now_ns)
+                batch.rows.append([
+                    ts, hex_id(rec.trace_id), hex_id(rec.span_id), rec.flags & 0xFF,
+                    rec.severity_text, min(rec.severity_number, 255), service,
+                    any_to_str(rec.body), rl.schema_url, resource_attrs, sl.schema_url,
+                    scope.name, scope.version, scope_attrs, attrs, event_name,
+                ])
+                if reason is None:
+                    batch.keys.append((attrs[contract.ORG_ID], uuid.UUID(attrs[contract.EVENT_ID])))
+                else:
+                    batch.keys.append(None)
+                    batch.rejected[reason] += 1
+    return batch

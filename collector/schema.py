@@ -1,0 +1,243 @@
+"""The ClickHouse schema: the one place its DDL lives.
+
+Data path inside ClickHouse::
+
+    INSERT ─► audit.audit_ingest (ENGINE = Null, the OTel exporter's columns)
+                 ├─ MV audit_ingest_to_events  ─► audit.audit_events  (valid records)
+                 └─ MV audit_ingest_to_rejects ─► audit.audit_rejects (refused records)
+
+Both our collector and the official OTel Collector's ClickHouse exporter
+write the exporter's column shape into ``audit_ingest``, so the OTLP→row
+mapping below exists once, in SQL. The acceptance rules are the SQL form of
+:func:`upmetr_audit.shipper.contract.reject_reason`, in the same order.
+
+Migrations are versioned and append-only: never edit an applied one, add a
+new one. ``audit.catalog_actions`` is derived data, re-synced from the
+catalog on every migrate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from upmetr_audit.shipper import contract as c
+from upmetr_audit.shipper.catalog import EVENT_NAME_PREFIX
+
+DATABASE = "audit"
+EVENTS_TABLE = f"{DATABASE}.audit_events"
+INGEST_TABLE = f"{DATABASE}.audit_ingest"
+REJECTS_TABLE = f"{DATABASE}.audit_rejects"
+CATALOG_TABLE = f"{DATABASE}.catalog_actions"
+MIGRATIONS_TABLE = f"{DATABASE}.schema_migrations"
+
+#: Columns of the ingest table, in the order the contrib ClickHouse exporter
+#: INSERTs them (internal/sqltemplates/logs_insert.sql, EventName last).
+INGEST_COLUMNS: tuple[str, ...] = (
+    "Timestamp", "TraceId", "SpanId", "TraceFlags", "SeverityText", "SeverityNumber",
+    "ServiceName", "Body", "ResourceSchemaUrl", "ResourceAttributes", "ScopeSchemaUrl",
+    "ScopeName", "ScopeVersion", "ScopeAttributes", "LogAttributes", "EventName",
+)
+
+
+def _attr(name: str) -> str:
+    return f"LogAttributes['{name}']"
+
+
+_ACTION = f"substring(EventName, {len(EVENT_NAME_PREFIX) + 1})"
+_NEEDS_RESOURCE = f"{_ACTION} IN (SELECT action FROM {CATALOG_TABLE} WHERE resource_type != '')"
+
+#: (reason, SQL condition) in the order of contract.reject_reason.
+REJECT_RULES: tuple[tuple[str, str], ...] = (
+    (c.Reason.UNKNOWN_ACTION, f"{_ACTION} NOT IN (SELECT action FROM {CATALOG_TABLE})"),
+    (c.Reason.MISSING_EVENT_ID, f"{_attr(c.EVENT_ID)} = ''"),
+    (c.Reason.INVALID_EVENT_ID, f"NOT match({_attr(c.EVENT_ID)}, '{c.UUID_PATTERN}')"),
+    (c.Reason.MISSING_ORG, f"{_attr(c.ORG_ID)} = ''"),
+    (c.Reason.MISSING_USER, f"{_attr(c.USER_EMAIL)} = ''"),
+    (c.Reason.MISSING_STATUS, f"{_attr(c.STATUS)} = ''"),
+    (c.Reason.INVALID_STATUS, f"{_attr(c.STATUS)} NOT IN {c.STATUSES!r}"),
+    (c.Reason.MISSING_RESOURCE,
+     f"{_NEEDS_RESOURCE} AND ({_attr(c.RESOURCE_ID)} = '' OR {_attr(c.RESOURCE_TYPE)} = '')"),
+    (c.Reason.WRONG_RESOURCE_TYPE,
+     f"{_NEEDS_RESOURCE} AND ({_ACTION}, {_attr(c.RESOURCE_TYPE)}) NOT IN "
+     f"(SELECT action, resource_type FROM {CATALOG_TABLE})"),
+    (c.Reason.MALFORMED_IP,
+     f"{_attr(c.CLIENT_ADDRESS)} != '' AND NOT (isIPv4String({_attr(c.CLIENT_ADDRESS)})"
+     f" OR isIPv6String({_attr(c.CLIENT_ADDRESS)}))"),
+    (c.Reason.ABSURD_TIMESTAMP,
+     f"Timestamp < fromUnixTimestamp64Nano(toInt64({c.MIN_TIMESTAMP_NS}), 'UTC') OR "
+     f"Timestamp > now64(9) + toIntervalNanosecond({c.MAX_FUTURE_NS})"),
+    (c.Reason.INVALID_CHANGES,
+     f"{_attr(c.CHANGES)} != '' AND NOT (isValidJSON({_attr(c.CHANGES)})"
+     f" AND JSONType({_attr(c.CHANGES)}) = 'Object')"),
+)
+
+
+def reject_reason_sql() -> str:
+    """One SQL expression: the first broken rule's reason, or '' if none."""
+    args = ", ".join(f"{cond}, '{reason}'" for reason, cond in REJECT_RULES)
+    return f"multiIf({args}, '')"
+
+
+_IS_AUDIT = f"startsWith(EventName, '{EVENT_NAME_PREFIX}')"
+_KNOWN_KEYS = "(" + ", ".join(f"'{k}'" for k in c.ATTRIBUTES) + ")"
+
+#: The OTLP→row mapping: audit_events column -> SQL over the ingest columns.
+EVENT_COLUMNS_SQL: dict[str, str] = {
+    "event_id": f"toUUID({_attr(c.EVENT_ID)})",
+    "org_id": _attr(c.ORG_ID),
+    "timestamp": "toDateTime64(Timestamp, 6, 'UTC')",
+    "received_at": "now64(6, 'UTC')",
+    "category": f"splitByChar('.', {_ACTION})[1]",
+    "action": _ACTION,
+    "status": f"CAST({_attr(c.STATUS)}, 'Enum8(\\'success\\' = 1, \\'failure\\' = 2)')",
+    "user_email": _attr(c.USER_EMAIL),
+    "user_id": _attr(c.USER_ID),
+    "resource_type": _attr(c.RESOURCE_TYPE),
+    "resource_id": _attr(c.RESOURCE_ID),
+    "ip": f"toIPv6OrZero({_attr(c.CLIENT_ADDRESS)})",
+    "user_agent": _attr(c.USER_AGENT),
+    "session_id": _attr(c.SESSION_ID),
+    "actor_type": _attr(c.ACTOR_TYPE),
+    "service_name": "ServiceName",
+    "reason": _attr(c.REASON),
+    "changes": _attr(c.CHANGES),
+    "details": f"mapUpdate(mapFilter((k, v) -> k NOT IN {_KNOWN_KEYS}, "
+               "CAST(LogAttributes, 'Map(String, String)')), "
+               "if(Body = '', map(), map('body', Body)))",
+    "trace_id": "TraceId",
+    "span_id": "SpanId",
+}
+
+
+def _ingest_ddl() -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {INGEST_TABLE} (
+    Timestamp DateTime64(9),
+    TraceId String,
+    SpanId String,
+    TraceFlags UInt8,
+    SeverityText LowCardinality(String),
+    SeverityNumber UInt8,
+    ServiceName LowCardinality(String),
+    Body String,
+    ResourceSchemaUrl LowCardinality(String),
+    ResourceAttributes Map(LowCardinality(String), String),
+    ScopeSchemaUrl LowCardinality(String),
+    ScopeName String,
+    ScopeVersion LowCardinality(String),
+    ScopeAttributes Map(LowCardinality(String), String),
+    LogAttributes Map(LowCardinality(String), String),
+    EventName String
+) ENGINE = Null"""
+
+
+_EVENTS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
+    event_id UUID,
+    org_id LowCardinality(String),
+    timestamp DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)),
+    received_at DateTime64(6, 'UTC') CODEC(Delta, ZSTD(1)),
+    category LowCardinality(String),
+    action LowCardinality(String),
+    status Enum8('success' = 1, 'failure' = 2),
+    user_email String CODEC(ZSTD(1)),
+    user_id String CODEC(ZSTD(1)),
+    resource_type LowCardinality(String),
+    resource_id String CODEC(ZSTD(1)),
+    ip IPv6,
+    user_agent String CODEC(ZSTD(1)),
+    session_id String CODEC(ZSTD(1)),
+    actor_type LowCardinality(String),
+    service_name LowCardinality(String),
+    reason String CODEC(ZSTD(1)),
+    changes String CODEC(ZSTD(1)),
+    details Map(String, String) CODEC(ZSTD(1)),
+    trace_id String CODEC(ZSTD(1)),
+    span_id String CODEC(ZSTD(1)),
+    INDEX idx_user_email user_email TYPE bloom_filter(0.01) GRANULARITY 4,
+    INDEX idx_ip ip TYPE bloom_filter(0.01) GRANULARITY 4,
+    INDEX idx_event_id event_id TYPE bloom_filter(0.001) GRANULARITY 4,
+    INDEX idx_action action TYPE set(256) GRANULARITY 4
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(timestamp)
+ORDER BY (org_id, timestamp, event_id)"""
+
+_REJECTS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {REJECTS_TABLE} (
+    received_at DateTime64(6, 'UTC'),
+    reason LowCardinality(String),
+    event_name String,
+    org_id String,
+    event_id String,
+    raw String CODEC(ZSTD(3))
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(received_at)
+ORDER BY (received_at, reason)"""
+
+_CATALOG_DDL = f"""
+CREATE TABLE IF NOT EXISTS {CATALOG_TABLE} (
+    action String,
+    category LowCardinality(String),
+    category_label String,
+    label String,
+    resource_type LowCardinality(String),
+    can_fail Bool
+) ENGINE = MergeTree ORDER BY action"""
+
+
+def _events_mv_ddl() -> str:
+    cols = ",\n    ".join(f"{sql} AS {name}" for name, sql in EVENT_COLUMNS_SQL.items())
+    return f"""
+CREATE MATERIALIZED VIEW IF NOT EXISTS {DATABASE}.audit_ingest_to_events TO {EVENTS_TABLE} AS
+SELECT
+    {cols}
+FROM {INGEST_TABLE}
+WHERE {_IS_AUDIT} AND {reject_reason_sql()} = ''"""
+
+
+def _rejects_mv_ddl() -> str:
+    raw = "formatRowNoNewline('JSONEachRow', " + ", ".join(INGEST_COLUMNS) + ")"
+    return f"""
+CREATE MATERIALIZED VIEW IF NOT EXISTS {DATABASE}.audit_ingest_to_rejects TO {REJECTS_TABLE} AS
+SELECT
+    now64(6, 'UTC') AS received_at,
+    reason,
+    EventName AS event_name,
+    {_attr(c.ORG_ID)} AS org_id,
+    {_attr(c.EVENT_ID)} AS event_id,
+    {raw} AS raw
+FROM (SELECT *, {reject_reason_sql()} AS reason FROM {INGEST_TABLE} WHERE {_IS_AUDIT})
+WHERE reason != ''"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "audit events, ingest mapping, rejects, catalog", (
+        _CATALOG_DDL,
+        _EVENTS_DDL,
+        _REJECTS_DDL,
+        _ingest_ddl(),
+        _events_mv_ddl(),
+        _rejects_mv_ddl(),
+    )),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+_MIGRATIONS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+    version UInt32,
+    name String,
+    applied_at DateTime64(6, 'UTC') DEFAULT now64(6, 'UTC')
+) ENGINE = MergeTree ORDER BY version"""
+
+BOOTSTRAP: tuple[str, ...] = (f"CREATE DATABASE IF NOT EXISTS {DATABASE}", _MIGRATIONS_DDL)
+
+#: Tables whose retention must stay indefinite: MergeTree family, no TTL.
+RETAINED_TABLES: tuple[str, ...] = ("audit_events", "audit_rejects")
