@@ -57,13 +57,13 @@ class CollectorSettings:
 
 class Collector:
     def __init__(self, store: store_mod.Store, settings: CollectorSettings,
-                 exporter=None):
+                 exporter_factory=ClickHouseExporter):
         self.store = store
         self.settings = settings
         self.metrics = Metrics()
         store_mod.require_current_schema(store.client)
         store_mod.check_retention(store.client)
-        self.exporter = exporter or ClickHouseExporter(store.client, self.metrics)
+        self.exporter = exporter_factory(store.client, self.metrics)
         self.pipeline = Pipeline(self.exporter, self.metrics,
                                  queue_size_records=settings.queue_size_records,
                                  max_batch_records=settings.max_batch_records)

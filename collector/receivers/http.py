@@ -152,12 +152,17 @@ class HttpReceiver:
         self._thread = threading.Thread(target=self.server.run, name="otlp-http", daemon=True)
         self._thread.start()
 
+    def _close_all(self) -> None:
+        for channel in list(self.server._map.values()):
+            if channel is not self.server and channel is not self.server.trigger:
+                channel.close()
+        self.server.close()  # the listening socket and the trigger
+
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Finish running requests, then close the socket and every connection."""
         self.server.task_dispatcher.shutdown(timeout=timeout_s)
-        self.server.close()
-        for channel in list(self.server._map.values()):
-            channel.close()
+        # Close from inside the server's own loop thread, which then exits at once.
+        self.server.trigger.pull_trigger(self._close_all)
         if self._thread is not None:
             self._thread.join(timeout_s)
 

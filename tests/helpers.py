@@ -1,0 +1,96 @@
+"""Builders for OTLP requests and audit attributes, shared by the tests."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from upmetr_audit.shipper import contract as c
+
+TOKEN = "test-token-0123456789"
+
+
+def audit_attrs(**overrides) -> dict:
+    """Attributes of a valid ``auth.login`` failure; keyword names use _ for ."""
+    attrs = {
+        c.EVENT_ID: str(uuid.uuid4()),
+        c.ORG_ID: "org-a",
+        c.USER_EMAIL: "ana@example.com",
+        c.STATUS: "failure",
+        c.CLIENT_ADDRESS: "203.0.113.9",
+    }
+    attrs.update(overrides)
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+def _any(value) -> AnyValue:
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, bytes):
+        return AnyValue(bytes_value=value)
+    if isinstance(value, list):
+        out = AnyValue()
+        out.array_value.values.extend(_any(v) for v in value)
+        return out
+    if isinstance(value, dict):
+        out = AnyValue()
+        out.kvlist_value.values.extend(KeyValue(key=k, value=_any(v)) for k, v in value.items())
+        return out
+    return AnyValue(string_value=str(value))
+
+
+def otlp_request(records, service="billing-api") -> ExportLogsServiceRequest:
+    """``records``: dicts with ``event_name``, ``attrs`` and optionally
+    ``time_unix_nano``, ``observed_time_unix_nano``, ``body``, ``trace_id``, ``span_id``."""
+    req = ExportLogsServiceRequest()
+    rl = req.resource_logs.add()
+    rl.resource.attributes.add(key="service.name", value=_any(service))
+    sl = rl.scope_logs.add()
+    sl.scope.name = c.SCOPE_NAME
+    for r in records:
+        rec = sl.log_records.add()
+        rec.event_name = r.get("event_name", "upmetr.audit.auth.login")
+        rec.time_unix_nano = r.get("time_unix_nano", time.time_ns())
+        rec.observed_time_unix_nano = r.get("observed_time_unix_nano", 0)
+        if "body" in r:
+            rec.body.CopyFrom(_any(r["body"]))
+        rec.trace_id = r.get("trace_id", b"")
+        rec.span_id = r.get("span_id", b"")
+        for k, v in r.get("attrs", {}).items():
+            rec.attributes.add(key=k, value=_any(v))
+    return req
+
+
+def post(url: str, body: bytes, content_type="application/x-protobuf", token=TOKEN,
+         method="POST", headers=None):
+    """POST with urllib; returns ``(status, headers, body)`` for any status."""
+    h = {"Content-Type": content_type, **(headers or {})}
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, headers=h, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def rows(store, sql="SELECT * FROM audit.audit_events ORDER BY timestamp"):
+    return list(store.client.query(sql).named_results())
+
+
+def count(store, table="audit.audit_events") -> int:
+    return int(store.client.command(f"SELECT count() FROM {table}"))
+
+
+def to_json(obj) -> bytes:
+    return json.dumps(obj).encode()

@@ -1,0 +1,81 @@
+"""The acceptance rules exist twice: in Python (contract.reject_reason, used by
+the collector and the shipper) and in SQL (schema.REJECT_RULES, applied by the
+materialized views to whatever writes the ingest table). This runs both on the
+same records and requires the same verdict for each."""
+
+import json
+import time
+
+import pytest
+from helpers import audit_attrs, otlp_request
+
+from upmetr_audit.collector import schema
+from upmetr_audit.collector.processors import to_batch
+from upmetr_audit.shipper import contract as c
+
+NOW = time.time_ns()
+
+IDS = ["3F2504E0-4F89-11D3-9A0C-0305E82C3301", "3f2504e04f8911d39a0c0305e82c3301",
+       "{3f2504e0-4f89-11d3-9a0c-0305e82c3301}", "urn:uuid:3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+       "", "not-a-uuid", "3f2504e0-4f89-11d3-9a0c-0305e82c330", "3f2504e0-4f89-11d3-9a0c-0305e82c3301 "]
+IPS = ["1.2.3.4", "01.2.3.4", "1.2.3", "256.1.1.1", "::1", "::ffff:1.2.3.4", "fe80::1%eth0",
+       "2001:db8::1/64", " 1.2.3.4", "1.2.3.4:80", "[::1]", "localhost", "2001:0db8:0000::1",
+       "::", "1:2:3:4:5:6:7:8:9", "0.0.0.0", "1.2.3.4.5", "::ffff:999.1.1.1", "", "1.2.3.04"]
+STATUSES = ["success", "failure", "SUCCESS", "", "failure ", "ok"]
+CHANGES = ['{}', '{"a": {"before": 1, "after": 2}}', "[]", '"x"', "{bad", "NaN", '{"a": NaN}',
+           '{"a": 1} trailing', ' {"a": 1} ', "null", '{"a": Infinity}', "", "{\"a\":\"\\u00e9\"}"]
+TIMES = [1, c.MIN_TIMESTAMP_NS - 1, c.MIN_TIMESTAMP_NS, NOW, NOW + 2 * 86_400 * 10**9,
+         NOW + 3600 * 10**9, 2**63 - 1]
+ORG_USER = [("", "a@b.c"), ("o", ""), ("o", "a@b.c")]
+
+
+def cases():
+    out = []
+    for uid in IDS:
+        out.append(("upmetr.audit.auth.login", audit_attrs(**{c.EVENT_ID: uid}), NOW))
+    for ip in IPS:
+        out.append(("upmetr.audit.auth.login", audit_attrs(**{c.CLIENT_ADDRESS: ip}), NOW))
+    for status in STATUSES:
+        out.append(("upmetr.audit.auth.logout", audit_attrs(**{c.STATUS: status}), NOW))
+    for changes in CHANGES:
+        out.append(("upmetr.audit.settings.update", audit_attrs(**{c.CHANGES: changes}), NOW))
+    for t in TIMES:
+        out.append(("upmetr.audit.auth.login", audit_attrs(), t))
+    for org, user in ORG_USER:
+        out.append(("upmetr.audit.auth.login", audit_attrs(**{c.ORG_ID: org, c.USER_EMAIL: user}), NOW))
+    for name in ["upmetr.audit.auth.teleport", "upmetr.audit.", "upmetr.audit.auth.login.x",
+                 "upmetr.audit.AUTH.LOGIN", "upmetr.audit.auth"]:
+        out.append((name, audit_attrs(), NOW))
+    for rtype, rid in [(None, None), ("monitor", ""), ("", "m1"), ("incident", "m1"),
+                       ("monitor", "m1"), ("Monitor", "m1")]:
+        out.append(("upmetr.audit.monitor.delete", audit_attrs(**{
+            c.RESOURCE_TYPE: rtype, c.RESOURCE_ID: rid, c.STATUS: "success"}), NOW))
+    # a no-resource action may still name a resource
+    out.append(("upmetr.audit.auth.login", audit_attrs(**{c.RESOURCE_TYPE: "x", c.RESOURCE_ID: "y"}), NOW))
+    return out
+
+
+def test_python_and_sql_rules_give_the_same_verdict(store):
+    records = [{"event_name": name, "attrs": attrs, "time_unix_nano": t, "body": f"case-{i}"}
+               for i, (name, attrs, t) in enumerate(cases())]
+    batch = to_batch(otlp_request(records), now_ns=NOW)
+    python = {}
+    for row in batch.rows:
+        attrs, ts = row[schema.INGEST_COLUMNS.index("LogAttributes")], row[0]
+        python[row[schema.INGEST_COLUMNS.index("Body")]] = c.reject_reason(
+            row[-1], attrs, ts, NOW) or ""
+    store.client.insert(schema.INGEST_TABLE, batch.rows, column_names=schema.INGEST_COLUMNS)
+    sql = {d["body"]: "" for (d,) in store.client.query(
+        "SELECT details FROM audit.audit_events").result_rows}
+    for reason, raw in store.client.query("SELECT reason, raw FROM audit.audit_rejects").result_rows:
+        sql[json.loads(raw)["Body"]] = reason
+    assert len(python) == len(records) == len(sql)
+    mismatches = {k: (python[k], sql[k]) for k in python if python[k] != sql[k]}
+    assert mismatches == {}, [(cases()[int(k[5:])], v) for k, v in mismatches.items()]
+    # the corpus exercises every rule
+    assert set(python.values()) - {""} == {r for r, _ in schema.REJECT_RULES}
+
+
+@pytest.mark.parametrize("reason", [r for r, _ in schema.REJECT_RULES])
+def test_every_sql_rule_has_a_python_twin(reason):
+    assert reason in vars(c.Reason).values()

@@ -1,0 +1,48 @@
+"""A non-editable install works, and installs nothing but the upmetr_audit namespace."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), ROOT],
+                   check=True, timeout=600)
+    (name,) = [f for f in os.listdir(out) if f.endswith(".whl")]
+    return out / name
+
+
+def test_wheel_has_only_the_upmetr_audit_namespace(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"upmetr_audit"}
+    for module in ("upmetr_audit/collector/cli.py", "upmetr_audit/shipper/catalog.py",
+                   "upmetr_audit/collector/receivers/http.py"):
+        assert module in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "upmetr-audit = upmetr_audit.collector.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_non_editable_install_into_fresh_venv_imports_the_base(wheel, tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = str(venv / "bin" / "python")
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True,
+                   timeout=300)
+    # The base package (catalog and contract) needs no server dependency at all.
+    code = ("import upmetr_audit.shipper.contract as c, upmetr_audit.shipper.catalog as k;"
+            "import importlib.util as u;"
+            "print(c.__file__); print(len(k.ACTIONS));"
+            "print(u.find_spec('collector'), u.find_spec('shipper'), u.find_spec('web'))")
+    out = subprocess.run([py, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path, timeout=120).stdout.split("\n")
+    assert "site-packages/upmetr_audit/shipper/contract.py" in out[0]
+    assert int(out[1]) >= 42
+    assert out[2] == "None None None"

@@ -1,0 +1,108 @@
+"""The ClickHouse store: migrations, the retention guard, the catalog table, the lock."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from upmetr_audit.collector import schema
+from upmetr_audit.collector import store as store_mod
+from upmetr_audit.collector.app import Collector, CollectorSettings
+from upmetr_audit.collector.errors import ConfigError, RetentionError, SchemaError, StoreLocked
+from upmetr_audit.shipper.catalog import ACTIONS
+
+SETTINGS = CollectorSettings(otlp_http_addr="127.0.0.1:0", otlp_grpc_addr="127.0.0.1:0",
+                             insecure_no_auth=True)
+
+
+def test_migrate_is_idempotent_and_recorded(store):
+    assert store_mod.migrate(store.client) == []  # the fixture already migrated
+    assert store_mod.applied_versions(store.client) == [schema.LATEST_VERSION]
+    (n,) = store.client.query(f"SELECT count() FROM {schema.MIGRATIONS_TABLE}").result_rows[0]
+    assert n == len(schema.MIGRATIONS)
+
+
+def test_audit_events_is_a_mergetree_without_ttl(store):
+    states = {t.name: t for t in store_mod.table_states(store.client)}
+    for name in schema.RETAINED_TABLES:
+        assert states[name].engine == "MergeTree"
+        assert states[name].ttl is None and states[name].problem is None
+    assert states["audit_ingest"].engine == "Null"
+    ddl = store.client.command("SHOW CREATE TABLE audit.audit_events")
+    assert "ORDER BY (org_id, timestamp, event_id)" in ddl
+    assert "PARTITION BY toYYYYMM(timestamp)" in ddl
+
+
+def test_collector_refuses_to_start_when_someone_added_a_ttl(store):
+    store.client.command(
+        "ALTER TABLE audit.audit_events MODIFY TTL toDateTime(timestamp) + INTERVAL 90 DAY")
+    with pytest.raises(RetentionError, match="audit_events has a TTL"):
+        Collector(store, SETTINGS)
+    with pytest.raises(RetentionError, match="REMOVE TTL"):
+        store_mod.check_retention(store.client)
+    store.client.command("ALTER TABLE audit.audit_events REMOVE TTL")
+    store_mod.check_retention(store.client)  # fine again
+
+
+def test_collector_refuses_a_table_that_is_not_mergetree(store):
+    store.client.command("DROP TABLE audit.audit_rejects")
+    store.client.command("CREATE TABLE audit.audit_rejects (x UInt8) ENGINE = Memory")
+    with pytest.raises(RetentionError, match="not a MergeTree"):
+        Collector(store, SETTINGS)
+
+
+def test_collector_refuses_an_unmigrated_store(tmp_path):
+    s = store_mod.open_store(f"chdb://{tmp_path}/ch")
+    try:
+        with pytest.raises(SchemaError, match="db migrate"):
+            Collector(s, SETTINGS)
+    finally:
+        s.close()
+
+
+def test_catalog_table_equals_the_catalog_and_is_resynced(store):
+    got = dict(store.client.query("SELECT action, resource_type FROM audit.catalog_actions").result_rows)
+    assert got == {a.id: a.resource_type or "" for a in ACTIONS.values()}
+    store.client.command("TRUNCATE TABLE audit.catalog_actions")
+    store_mod.migrate(store.client)
+    (n,) = store.client.query("SELECT count() FROM audit.catalog_actions").result_rows[0]
+    assert n == len(ACTIONS)
+
+
+@pytest.mark.parametrize("url", ["postgres://x", "chdb://", "http://localhost:8123/otherdb"])
+def test_bad_store_urls_are_config_errors(url):
+    with pytest.raises(ConfigError):
+        store_mod.open_store(url)
+
+
+def test_second_process_gets_a_clear_lock_error(tmp_path):
+    url = f"chdb://{tmp_path}/ch"
+    holder = store_mod.open_store(url)
+    try:
+        code = textwrap.dedent(f"""
+            from upmetr_audit.collector import store
+            from upmetr_audit.collector.errors import StoreLocked
+            try:
+                store.open_store({url!r})
+            except StoreLocked as e:
+                print(e.pid); print(e)
+        """)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60).stdout.splitlines()
+        assert out[0] == str(os.getpid())
+        assert f"locked by process {os.getpid()}" in out[1] and "--clickhouse-url" in out[1]
+    finally:
+        holder.close()
+
+
+def test_lock_is_released_on_close(tmp_path):
+    url = f"chdb://{tmp_path}/ch"
+    store_mod.open_store(url).close()
+    store_mod.open_store(url).close()  # no StoreLocked
+
+
+def test_storelocked_message_names_pid_and_remedy():
+    msg = str(StoreLocked("/data/ch", 4242))
+    assert "process 4242" in msg and "one process at a time" in msg
