@@ -77,9 +77,9 @@ def load_config(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="--config")
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="--config") from None
     except tomllib.TOMLDecodeError as exc:
-        raise click.BadParameter(f"{path} is not valid TOML: {exc}", param_hint="--config")
+        raise click.BadParameter(f"{path} is not valid TOML: {exc}", param_hint="--config") from None
     unknown = sorted(set(data) - set(SETTINGS))
     if unknown:
         raise click.BadParameter(

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import clickhouse_connect
-
 from upmetr_audit.shipper.catalog import ACTIONS, CATEGORY_BY_ID
 
 from . import schema

@@ -2,7 +2,6 @@ import os
 
 import pytest
 from helpers import TOKEN
-
 from upmetr_audit.collector import store as store_mod
 from upmetr_audit.collector.app import Collector, CollectorSettings
 

@@ -1,7 +1,6 @@
 """The event catalog holds every action the product documents."""
 
 import pytest
-
 from upmetr_audit.shipper.catalog import ACTIONS, CATEGORIES, action_for_event_name
 
 REQUIRED = {

@@ -10,7 +10,6 @@ import threading
 import click
 import pytest
 from click.testing import CliRunner
-
 from upmetr_audit.collector.cli import cli
 from upmetr_audit.collector.settings import SETTINGS
 

@@ -1,0 +1,29 @@
+# Every target sets itself up: it creates .venv and installs the project
+# (non-editable, with the server and dev extras) when the sources changed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+SOURCES = pyproject.toml $(shell find collector shipper -name '*.py' 2>/dev/null)
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python $(SOURCES)
+	$(BIN)/python -m pip install -q '.[server,dev]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/upmetr-audit serve --demo
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check collector shipper tests bench
+	$(BIN)/pytest -n auto
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
