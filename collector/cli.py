@@ -47,7 +47,7 @@ def _load_config(ctx: click.Context, _param, path):
               help="TOML file of settings (keys as the option names, e.g. data_dir).")
 @click.version_option(package_name="upmetr-audit")
 def cli():
-    """Upmetr Audit: a tamper-evident audit log on OpenTelemetry and ClickHouse."""
+    """Upmetr Audit: an audit log on OpenTelemetry and ClickHouse."""
 
 
 # -- db -------------------------------------------------------------------------
@@ -220,7 +220,11 @@ def serve(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary_int
 @_fail_cleanly
 def collector(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary_interval,
               log_level, **collector_opts):
-    """Run only the OTLP collector (server mode: several can share a ClickHouse server)."""
+    """Run only the OTLP collector, for server mode (a ClickHouse server URL).
+
+    Events are de-duplicated by id inside one collector process; run one
+    collector per ClickHouse database until the cluster issue adds more.
+    """
     settings = _collector_settings(ingest_tokens, insecure_no_auth, **collector_opts)
     _run_collector(url=_resolve_url(data_dir, clickhouse_url), settings=settings,
                    log_level=log_level, summary_interval=summary_interval)

@@ -188,22 +188,29 @@ def require_current_schema(client) -> None:
 # -- retention ----------------------------------------------------------------
 
 
+#: Engines that keep every row: no replacing, collapsing or summing on merge.
+KEEPING_ENGINES = ("MergeTree", "ReplicatedMergeTree", "SharedMergeTree")
+
+
 @dataclass(frozen=True)
 class TableState:
     name: str
     engine: str
-    engine_full: str
+    create_query: str
     rows: int
 
     @property
     def ttl(self) -> str | None:
-        m = re.search(r"\bTTL\b(.*?)(?:\bSETTINGS\b|$)", self.engine_full)
-        return m.group(1).strip() if m else None
+        """The TTL clause(s) of the table or any of its columns, or ``None``."""
+        found = re.findall(r"\bTTL\s+(.+?)(?=\s+SETTINGS\b|,\s*`|\)\s*ENGINE\b|$)",
+                           self.create_query)
+        return "; ".join(f.strip() for f in found) or None
 
     @property
     def problem(self) -> str | None:
-        if not self.engine.endswith("MergeTree"):
-            return f"{self.name} has engine {self.engine}, not a MergeTree"
+        if self.engine not in KEEPING_ENGINES:
+            return (f"{self.name} has engine {self.engine}, not a plain MergeTree "
+                    f"(one that never replaces or collapses rows)")
         if self.ttl:
             return f"{self.name} has a TTL ({self.ttl}), which would delete audit records"
         return None
@@ -211,8 +218,8 @@ class TableState:
 
 def table_states(client) -> list[TableState]:
     rows = client.query(
-        "SELECT name, engine, engine_full, toUInt64(ifNull(total_rows, 0)) FROM system.tables "
-        "WHERE database = {db:String} ORDER BY name",
+        "SELECT name, engine, create_table_query, toUInt64(ifNull(total_rows, 0)) "
+        "FROM system.tables WHERE database = {db:String} ORDER BY name",
         parameters={"db": schema.DATABASE},
     ).result_rows
     return [TableState(*r) for r in rows]
@@ -228,5 +235,6 @@ def check_retention(client) -> None:
         if problem:
             raise RetentionError(
                 f"refusing to start: {schema.DATABASE}.{problem}. Audit retention is indefinite; "
-                f"remove it with `ALTER TABLE {schema.DATABASE}.{name} REMOVE TTL`"
+                f"remove it with `ALTER TABLE {schema.DATABASE}.{name} REMOVE TTL` "
+                f"(a column TTL: `MODIFY COLUMN <column> REMOVE TTL`)"
             )

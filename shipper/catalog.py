@@ -1,9 +1,9 @@
 """The event catalog: every audit category and action, in one place.
 
-This module is the single source of truth. The shipper's typed helpers, the
-collector's validation, the ``audit.catalog_actions`` table (and through it
-the ClickHouse materialized view, the web filters and the Grafana variables)
-are all derived from :data:`CATEGORIES`.
+This module is the single source of truth. The acceptance rules
+(``contract.reject_reason``) and the ``audit.catalog_actions`` table, which the
+ClickHouse materialized views read, derive from :data:`CATEGORIES`; so must
+every later consumer (shipper helpers, web filters, Grafana variables).
 
 An action id is ``<category>.<verb>``; its OTel ``event_name`` is
 ``upmetr.audit.<action id>``.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Mapping
 
@@ -102,11 +103,20 @@ def _reject_constant(name: str) -> None:
     raise ValueError(name)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text}")
+    return value
+
+
 def is_json_object(text: str) -> bool:
-    """True when ``text`` is strict JSON (no NaN/Infinity) and an object."""
+    """True when ``text`` is strict JSON and an object: no NaN or Infinity, no
+    number beyond a double, no lone UTF-16 surrogate (as ClickHouse's isValidJSON)."""
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeEncodeError):
         return False
     return isinstance(value, dict)
 

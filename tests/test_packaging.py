@@ -27,15 +27,21 @@ def test_wheel_has_only_the_upmetr_audit_namespace(wheel):
                    "upmetr_audit/collector/receivers/http.py"):
         assert module in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "upmetr-audit = upmetr_audit.collector.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "upmetr-audit = upmetr_audit.collector.entry:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
-def test_non_editable_install_into_fresh_venv_imports_the_base(wheel, tmp_path):
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def base_venv(wheel, tmp_path_factory):
+    """A fresh venv with the wheel installed non-editable and no dependencies."""
+    venv = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    py = str(venv / "bin" / "python")
-    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True,
-                   timeout=300)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
+                    str(wheel)], check=True, timeout=300)
+    return venv
+
+
+def test_non_editable_install_into_fresh_venv_imports_the_base(base_venv, tmp_path):
+    py = str(base_venv / "bin" / "python")
     # The base package (catalog and contract) needs no server dependency at all.
     code = ("import upmetr_audit.shipper.contract as c, upmetr_audit.shipper.catalog as k;"
             "import importlib.util as u;"
@@ -46,3 +52,10 @@ def test_non_editable_install_into_fresh_venv_imports_the_base(wheel, tmp_path):
     assert "site-packages/upmetr_audit/shipper/contract.py" in out[0]
     assert int(out[1]) >= 42
     assert out[2] == "None None None"
+
+
+def test_command_in_base_install_says_which_extra_it_needs(base_venv):
+    r = subprocess.run([str(base_venv / "bin" / "upmetr-audit"), "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1
+    assert "pip install 'upmetr-audit[server]'" in r.stderr and "Traceback" not in r.stderr

@@ -45,10 +45,19 @@ def test_collector_refuses_to_start_when_someone_added_a_ttl(store):
     store_mod.check_retention(store.client)  # fine again
 
 
-def test_collector_refuses_a_table_that_is_not_mergetree(store):
+@pytest.mark.parametrize("engine", ["Memory", "ReplacingMergeTree ORDER BY x",
+                                    "CollapsingMergeTree(s) ORDER BY x"])
+def test_collector_refuses_a_table_that_could_lose_rows(store, engine):
     store.client.command("DROP TABLE audit.audit_rejects")
-    store.client.command("CREATE TABLE audit.audit_rejects (x UInt8) ENGINE = Memory")
-    with pytest.raises(RetentionError, match="not a MergeTree"):
+    store.client.command(f"CREATE TABLE audit.audit_rejects (x UInt8, s Int8) ENGINE = {engine}")
+    with pytest.raises(RetentionError, match="not a plain MergeTree"):
+        Collector(store, SETTINGS)
+
+
+def test_collector_refuses_a_column_ttl(store):
+    store.client.command("ALTER TABLE audit.audit_events MODIFY COLUMN user_agent String "
+                         "TTL toDateTime(timestamp) + INTERVAL 30 DAY")
+    with pytest.raises(RetentionError, match="has a TTL"):
         Collector(store, SETTINGS)
 
 
