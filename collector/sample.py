@@ -16,6 +16,7 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
+
 from upmetr_audit.shipper import contract as c
 from upmetr_audit.shipper.catalog import ACTIONS, EVENT_NAME_PREFIX
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import clickhouse_connect
+
 from upmetr_audit.shipper.catalog import ACTIONS, CATEGORY_BY_ID
 
 from . import schema

@@ -1,9 +1,11 @@
 import os
 
 import pytest
-from helpers import TOKEN
+
 from upmetr_audit.collector import store as store_mod
 from upmetr_audit.collector.app import Collector, CollectorSettings
+
+from helpers import TOKEN
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import uuid
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
 from upmetr_audit.shipper import contract as c
 
 TOKEN = "test-token-0123456789"

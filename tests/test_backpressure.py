@@ -8,9 +8,11 @@ import uuid
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+
+from upmetr_audit.collector.exporters import ClickHouseExporter
+
 from helpers import TOKEN, audit_attrs, count, otlp_request, post
 from test_collector_sdk import sdk_logger
-from upmetr_audit.collector.exporters import ClickHouseExporter
 
 EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 

@@ -1,6 +1,7 @@
 """The event catalog holds every action the product documents."""
 
 import pytest
+
 from upmetr_audit.shipper.catalog import ACTIONS, CATEGORIES, action_for_event_name
 
 REQUIRED = {

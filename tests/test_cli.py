@@ -10,6 +10,7 @@ import threading
 import click
 import pytest
 from click.testing import CliRunner
+
 from upmetr_audit.collector.cli import cli
 from upmetr_audit.collector.settings import SETTINGS
 

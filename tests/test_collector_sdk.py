@@ -6,7 +6,6 @@ import time
 import uuid
 
 import pytest
-from helpers import TOKEN, count, rows
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpExporter
@@ -14,6 +13,8 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+
+from helpers import TOKEN, count, rows
 
 
 def sdk_logger(collector, transport, token=TOKEN):

@@ -7,10 +7,12 @@ import json
 import time
 
 import pytest
-from helpers import audit_attrs, otlp_request
+
 from upmetr_audit.collector import schema
 from upmetr_audit.collector.processors import to_batch
 from upmetr_audit.shipper import contract as c
+
+from helpers import audit_attrs, otlp_request
 
 NOW = time.time_ns()
 

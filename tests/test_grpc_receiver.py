@@ -2,8 +2,9 @@
 
 import grpc
 import pytest
-from helpers import TOKEN, audit_attrs, count, otlp_request
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+from helpers import TOKEN, audit_attrs, count, otlp_request
 
 EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 

@@ -8,8 +8,9 @@ import zlib
 
 import pytest
 from google.rpc import status_pb2
-from helpers import audit_attrs, count, otlp_request, post, rows, to_json
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+from helpers import audit_attrs, count, otlp_request, post, rows, to_json
 
 PB = "application/x-protobuf"
 

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+
 from upmetr_audit.collector import schema
 from upmetr_audit.collector import store as store_mod
 from upmetr_audit.collector.app import Collector, CollectorSettings
