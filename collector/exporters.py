@@ -10,11 +10,13 @@ and the insert cannot race with each other inside one collector.
 from __future__ import annotations
 
 import time
-import uuid
 
 from . import schema
 from .metrics import Metrics
 from .processors import Batch
+
+#: Event ids per de-duplication query: 5000 × 37 bytes make a query of about 185 KB.
+_IDS_PER_QUERY = 5000
 
 
 class ClickHouseExporter:
@@ -22,17 +24,27 @@ class ClickHouseExporter:
         self.client = client
         self.metrics = metrics
 
-    def _stored_ids(self, keys: list[tuple[str, uuid.UUID]]) -> set[uuid.UUID]:
+    def _stored_ids(self, keys: list[tuple[str, str]]) -> set[str]:
         if not keys:
             return set()
         orgs = sorted({org for org, _ in keys})
-        ids = [str(eid) for _, eid in keys]
-        result = self.client.query(
-            f"SELECT event_id FROM {schema.EVENTS_TABLE} "
-            "WHERE org_id IN {orgs:Array(String)} AND event_id IN {ids:Array(UUID)}",
-            parameters={"orgs": orgs, "ids": ids},
-        )
-        return {row[0] for row in result.result_rows}
+        # The ids are canonical UUID text (hex digits and dashes, see
+        # processors.to_batch), so they travel as one inlined string literal
+        # split by ClickHouse. Cheaper than the alternatives: a bound array
+        # parameter is escaped character by character in Python, and a literal
+        # list of thousands of UUIDs costs ClickHouse's analyzer ~6 µs per item.
+        # Chunks keep each query under max_query_size (256 KiB).
+        found: set[str] = set()
+        for i in range(0, len(keys), _IDS_PER_QUERY):
+            ids = ",".join(eid for _, eid in keys[i:i + _IDS_PER_QUERY])
+            result = self.client.query(
+                f"SELECT toString(event_id) FROM {schema.EVENTS_TABLE} "
+                "WHERE org_id IN {orgs:Array(String)} "
+                f"AND event_id IN CAST(splitByChar(',', '{ids}'), 'Array(UUID)')",
+                parameters={"orgs": orgs},
+            )
+            found.update(row[0] for row in result.result_rows)
+        return found
 
     def export(self, batches: list[Batch]) -> None:
         """Commit every row of ``batches`` in one INSERT, minus duplicates.
@@ -42,7 +54,7 @@ class ClickHouseExporter:
         """
         rows, valid = [], []
         for batch in batches:
-            for row, key in zip(batch.rows, batch.keys):
+            for row, key in zip(batch.rows, batch.keys, strict=False):
                 if key is None:
                     rows.append(row)  # refused: ClickHouse routes it to audit_rejects
                 else:
@@ -57,7 +69,9 @@ class ClickHouseExporter:
         if rows:
             start = time.perf_counter()
             try:
-                self.client.insert(schema.INGEST_TABLE, rows, column_names=schema.INGEST_COLUMNS)
+                # column-oriented: the client then skips its own row→column pivot
+                self.client.insert(schema.INGEST_TABLE, list(zip(*rows, strict=True)),
+                                   column_names=schema.INGEST_COLUMNS, column_oriented=True)
             except Exception:
                 self.metrics.insert_failures.inc()
                 raise

@@ -8,7 +8,6 @@ integers as strings or numbers, unknown fields ignored).
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 
 from google.protobuf import json_format
@@ -141,8 +140,15 @@ def _any_to_json(value):
 
 
 def attrs_to_dict(kvs) -> dict[str, str]:
-    return {kv.key: any_to_str(kv.value) for kv in kvs}
+    # Hot path: a non-empty string_value can only be the string member of the
+    # oneof, so WhichOneof is needed only for the other kinds (and for "").
+    out = {}
+    for kv in kvs:
+        value = kv.value
+        out[kv.key] = value.string_value or any_to_str(value)
+    return out
 
 
 def hex_id(raw: bytes) -> str:
-    return binascii.hexlify(raw).decode() if raw and any(raw) else ""
+    """Lowercase hex of a trace/span id; "" when empty or all zero bytes."""
+    return raw.hex() if raw.strip(b"\0") else ""

@@ -29,8 +29,10 @@ class Batch:
     """The audit rows of one request, ready for the exporter."""
 
     rows: list[list] = field(default_factory=list)
-    #: Per row: ``(org_id, event_id)`` for a valid record, ``None`` for a refused one.
-    keys: list[tuple[str, uuid.UUID] | None] = field(default_factory=list)
+    #: Per row: ``(org_id, event_id)`` for a valid record, ``None`` for a refused
+    #: one. ``event_id`` is the canonical (lowercase 8-4-4-4-12) UUID text, so
+    #: two spellings of one UUID are the same key.
+    keys: list[tuple[str, str] | None] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
     ignored: int = 0
 
@@ -45,35 +47,59 @@ class Batch:
         return f"{self.rejected_total} audit log records rejected: {parts}"
 
 
+def _canonical_uuid(uid: str) -> str:
+    """``str(uuid.UUID(uid))`` for an id that passed the contract's UUID check.
+
+    That check admits only 8-4-4-4-12 hex digits (plus, through ``$``, one
+    trailing newline), whose canonical form is just the lowercase text; any
+    other length goes through ``uuid.UUID`` and fails exactly as it would.
+    """
+    return uid.lower() if len(uid) == 36 else str(uuid.UUID(uid))
+
+
 def to_batch(request, now_ns: int | None = None) -> Batch:
-    """Route and convert every log record of an ``ExportLogsServiceRequest``."""
+    """Route and convert every log record of an ``ExportLogsServiceRequest``.
+
+    This runs once per record on the ingest path, so it keeps lookups in
+    locals; the values are those of the plain form (see the column list in
+    ``schema.INGEST_COLUMNS``).
+    """
     now_ns = now_ns or time.time_ns()
     batch = Batch()
+    rows_append, keys_append, rejected = batch.rows.append, batch.keys.append, batch.rejected
+    reject_reason, prefix = contract.reject_reason, EVENT_NAME_PREFIX
+    org_key, id_key = contract.ORG_ID, contract.EVENT_ID
+    ignored = 0
     for rl in request.resource_logs:
         resource_attrs = attrs_to_dict(rl.resource.attributes)
         service = resource_attrs.get("service.name", "")
+        resource_schema = rl.schema_url
         for sl in rl.scope_logs:
             scope = sl.scope
             scope_attrs = attrs_to_dict(scope.attributes)
+            scope_schema, scope_name, scope_version = sl.schema_url, scope.name, scope.version
             for rec in sl.log_records:
                 event_name = rec.event_name
-                if not event_name.startswith(EVENT_NAME_PREFIX):
-                    batch.ignored += 1
+                if not event_name.startswith(prefix):
+                    ignored += 1
                     continue
                 attrs = attrs_to_dict(rec.attributes)
                 ts = rec.time_unix_nano or rec.observed_time_unix_nano or now_ns
                 if ts > _INT64_MAX:  # beyond DateTime64(9): keep it, as an absurd time
                     ts = 1
-                reason = contract.reject_reason(event_name, attrs, ts, now_ns)
-                batch.rows.append([
+                reason = reject_reason(event_name, attrs, ts, now_ns)
+                severity = rec.severity_number
+                body = rec.body
+                rows_append([
                     ts, hex_id(rec.trace_id), hex_id(rec.span_id), rec.flags & 0xFF,
-                    rec.severity_text, min(rec.severity_number, 255), service,
-                    any_to_str(rec.body), rl.schema_url, resource_attrs, sl.schema_url,
-                    scope.name, scope.version, scope_attrs, attrs, event_name,
+                    rec.severity_text, severity if severity < 255 else 255, service,
+                    body.string_value or any_to_str(body), resource_schema, resource_attrs,
+                    scope_schema, scope_name, scope_version, scope_attrs, attrs, event_name,
                 ])
                 if reason is None:
-                    batch.keys.append((attrs[contract.ORG_ID], uuid.UUID(attrs[contract.EVENT_ID])))
+                    keys_append((attrs[org_key], _canonical_uuid(attrs[id_key])))
                 else:
-                    batch.keys.append(None)
-                    batch.rejected[reason] += 1
+                    keys_append(None)
+                    rejected[reason] += 1
+    batch.ignored = ignored
     return batch
