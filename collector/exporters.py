@@ -23,6 +23,16 @@ class ClickHouseExporter:
     def __init__(self, client, metrics: Metrics):
         self.client = client
         self.metrics = metrics
+        #: Type names of the ingest columns, read once: without them the client
+        #: runs a DESCRIBE TABLE before every INSERT. Dropped after a failed insert.
+        self._column_types: list[str] | None = None
+
+    def _ingest_column_types(self) -> list[str]:
+        if self._column_types is None:
+            described = {row[0]: row[1] for row in self.client.query(
+                f"DESCRIBE TABLE {schema.INGEST_TABLE}").result_rows}
+            self._column_types = [described[name] for name in schema.INGEST_COLUMNS]
+        return self._column_types
 
     def _stored_ids(self, keys: list[tuple[str, str]]) -> set[str]:
         if not keys:
@@ -71,9 +81,12 @@ class ClickHouseExporter:
             try:
                 # column-oriented: the client then skips its own row→column pivot
                 self.client.insert(schema.INGEST_TABLE, list(zip(*rows, strict=True)),
-                                   column_names=schema.INGEST_COLUMNS, column_oriented=True)
+                                   column_names=schema.INGEST_COLUMNS,
+                                   column_type_names=self._ingest_column_types(),
+                                   column_oriented=True)
             except Exception:
                 self.metrics.insert_failures.inc()
+                self._column_types = None  # the table may have changed: describe it again
                 raise
             self.metrics.insert_seconds.observe(time.perf_counter() - start)
         self.metrics.accepted.inc(accepted)
