@@ -1,8 +1,9 @@
 """Ingest benchmark: OTLP/HTTP protobuf → collector → embedded ClickHouse.
 
-Starts ``upmetr-audit collector`` as a subprocess on a fresh data dir,
-pre-builds ``ExportLogsServiceRequest`` bodies of valid audit events, sends
-them over keep-alive connections (one per sender thread) and reports:
+Starts ``upmetr-audit collector`` (which migrates the schema on start) as a
+subprocess on a fresh temp data dir and free ports, pre-builds
+``ExportLogsServiceRequest`` bodies of valid audit events, sends them over
+keep-alive connections (one per sender thread) and reports:
 
 * events/s, wall clock from the first send to the last acknowledgement;
 * events per collector CPU-second (utime+stime of the collector process,
@@ -161,7 +162,7 @@ def run(args) -> dict:
     build_s = time.perf_counter() - t0
     tmp = tempfile.mkdtemp(prefix="upmetr-bench-")
     http_port, grpc_port = free_port(), free_port()
-    proc = log = None
+    proc = log = profiler = None
     try:
         log = open(os.path.join(tmp, "collector.log"), "w")  # noqa: SIM115 - closed in finally
         proc = subprocess.Popen(
@@ -177,7 +178,6 @@ def run(args) -> dict:
         before = accepted(http_port)
         shares = [bodies[i::args.connections] for i in range(args.connections)]
         threads = [threading.Thread(target=send_all, args=(http_port, s, failures)) for s in shares]
-        profiler = None
         if args.profile:
             profiler = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"),
                                          "record", "-p", str(proc.pid), "-o", args.profile,
@@ -192,7 +192,7 @@ def run(args) -> dict:
         wall = time.perf_counter() - wall0
         cpu, gen_cpu = cpu_seconds(proc.pid) - cpu0, time.process_time() - gen_cpu0
         if profiler:
-            profiler.send_signal(signal.SIGINT)
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             profiler.wait(60)
         rss, peak = rss_mb(proc.pid)
         committed = accepted(http_port) - before
@@ -204,7 +204,7 @@ def run(args) -> dict:
             "ok": not failures and committed == args.events,
             "wall_s": round(wall, 3), "events_per_s": round(args.events / wall),
             "collector_cpu_s": round(cpu, 2),
-            "events_per_cpu_s": round(args.events / cpu) if cpu else None,
+            "events_per_cpu_s": round(args.events / cpu) if cpu else 0,
             "collector_cores_busy": round(cpu / wall, 2), "generator_cpu_s": round(gen_cpu, 2),
             "collector_rss_mb": round(rss), "collector_peak_rss_mb": round(peak),
             "build_s": round(build_s, 1), "first_failures": failures[:3],
@@ -216,6 +216,8 @@ def run(args) -> dict:
                 sys.stderr.write("collector output (tail):\n" + "".join(f.readlines()[-20:]))
         raise
     finally:
+        if profiler is not None and profiler.poll() is None:
+            profiler.kill()
         if proc is not None:
             proc.terminate()
             try:
@@ -248,13 +250,13 @@ def main() -> int:
     else:
         print(f"{r['events']} events in {r['requests']} requests of {r['batch']} over "
               f"{r['connections']} connections (~{r['bytes_per_event']} B/event protobuf)")
-        print(f"  wall clock     {r['wall_s']:.2f} s  → {r['events_per_s']:,} events/s")
-        print(f"  collector CPU  {r['collector_cpu_s']:.2f} s  → {r['events_per_cpu_s']:,} events/CPU-s "
+        print(f"  wall clock     {r['wall_s']:.2f} s: {r['events_per_s']:,} events/s")
+        print(f"  collector CPU  {r['collector_cpu_s']:.2f} s: {r['events_per_cpu_s']:,} events/CPU-s "
               f"({r['collector_cores_busy']} cores busy)")
         print(f"  generator CPU  {r['generator_cpu_s']:.2f} s;  collector RSS {r['collector_rss_mb']} MB "
               f"(peak {r['collector_peak_rss_mb']} MB)")
         print(f"  committed      {r['committed']} / {r['events']}, failed requests {r['failures']} "
-              f"{r['first_failures'] or ''}  → {'OK' if r['ok'] else 'FAILED'}")
+              f"{r['first_failures'] or ''}: {'OK' if r['ok'] else 'FAILED'}")
     return 0 if r["ok"] else 1
 
 
