@@ -12,7 +12,6 @@ the row to ``audit_events`` or ``audit_rejects``.
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -29,10 +28,10 @@ class Batch:
     """The audit rows of one request, ready for the exporter."""
 
     rows: list[list] = field(default_factory=list)
-    #: Per row: ``(org_id, event_id)`` for a valid record, ``None`` for a refused
-    #: one. ``event_id`` is the canonical (lowercase 8-4-4-4-12) UUID text, so
-    #: two spellings of one UUID are the same key.
-    keys: list[tuple[str, str] | None] = field(default_factory=list)
+    #: Per row: the event id of a valid record, as canonical (lowercase
+    #: 8-4-4-4-12) UUID text so that two spellings of one UUID are one key;
+    #: ``None`` for a refused record.
+    keys: list[str | None] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
     ignored: int = 0
 
@@ -47,16 +46,6 @@ class Batch:
         return f"{self.rejected_total} audit log records rejected: {parts}"
 
 
-def _canonical_uuid(uid: str) -> str:
-    """``str(uuid.UUID(uid))`` for an id that passed the contract's UUID check.
-
-    That check admits only 8-4-4-4-12 hex digits (plus, through ``$``, one
-    trailing newline), whose canonical form is just the lowercase text; any
-    other length goes through ``uuid.UUID`` and fails exactly as it would.
-    """
-    return uid.lower() if len(uid) == 36 else str(uuid.UUID(uid))
-
-
 def to_batch(request, now_ns: int | None = None) -> Batch:
     """Route and convert every log record of an ``ExportLogsServiceRequest``.
 
@@ -68,7 +57,7 @@ def to_batch(request, now_ns: int | None = None) -> Batch:
     batch = Batch()
     rows_append, keys_append, rejected = batch.rows.append, batch.keys.append, batch.rejected
     reject_reason, prefix = contract.reject_reason, EVENT_NAME_PREFIX
-    org_key, id_key = contract.ORG_ID, contract.EVENT_ID
+    id_key = contract.EVENT_ID
     ignored = 0
     for rl in request.resource_logs:
         resource_attrs = attrs_to_dict(rl.resource.attributes)
@@ -97,7 +86,7 @@ def to_batch(request, now_ns: int | None = None) -> Batch:
                     scope_schema, scope_name, scope_version, scope_attrs, attrs, event_name,
                 ])
                 if reason is None:
-                    keys_append((attrs[org_key], _canonical_uuid(attrs[id_key])))
+                    keys_append(attrs[id_key].lower())  # the contract admits only 8-4-4-4-12 hex
                 else:
                     keys_append(None)
                     rejected[reason] += 1

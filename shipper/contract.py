@@ -14,6 +14,7 @@ records and requires the same verdicts.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import math
@@ -88,6 +89,7 @@ class Reason:
     INVALID_CHANGES = "invalid changes"
 
 
+@functools.lru_cache(maxsize=65536)
 def is_valid_ip(text: str) -> bool:
     """True for a plain IPv4 (dotted quad) or IPv6 address, without port or zone."""
     if "%" in text:
@@ -139,7 +141,7 @@ def reject_reason(
     uid = attrs.get(EVENT_ID, "")
     if not uid:
         return Reason.MISSING_EVENT_ID
-    if not _UUID_RE.match(uid):
+    if not _UUID_RE.fullmatch(uid):
         return Reason.INVALID_EVENT_ID
     if not attrs.get(ORG_ID, ""):
         return Reason.MISSING_ORG

@@ -1,8 +1,11 @@
 """No duplicates: retries and overlapping batches store each event once."""
 
 import threading
+import time
 
 from helpers import audit_attrs, otlp_request, post
+
+TS = time.time_ns() - 3600 * 10**9
 
 
 def invariant(store):
@@ -42,10 +45,22 @@ def test_concurrent_overlapping_batches_store_each_event_once(collector, store):
     assert invariant(store) == (240, 240)
 
 
-def test_same_event_id_in_another_org_is_a_different_event(collector, store):
+def test_event_id_is_the_key_across_orgs_and_requests(collector, store):
     a = audit_attrs()
     b = dict(a, **{"upmetr.org.id": "org-b"})
-    assert post(collector.logs_url, otlp_request([{"attrs": a}]).SerializeToString())[0] == 200
-    assert post(collector.logs_url, otlp_request([{"attrs": b}]).SerializeToString())[0] == 200
-    (n,) = store.client.query("SELECT count() FROM audit.audit_events").result_rows[0]
-    assert n == 2
+    one_request = otlp_request([{"attrs": a, "time_unix_nano": TS},
+                                {"attrs": b, "time_unix_nano": TS}])
+    assert post(collector.logs_url, one_request.SerializeToString())[0] == 200
+    later = otlp_request([{"attrs": b, "time_unix_nano": TS}])
+    assert post(collector.logs_url, later.SerializeToString())[0] == 200
+    assert invariant(store) == (1, 1)
+    assert collector.summary()["duplicates"] == 2
+
+
+def test_upper_and_lower_case_spellings_of_one_id_are_one_event(collector, store):
+    a = audit_attrs()
+    upper = dict(a, **{"log.record.uid": a["log.record.uid"].upper()})
+    for attrs in (a, upper):
+        assert post(collector.logs_url, otlp_request([{"attrs": attrs, "time_unix_nano": TS}])
+                    .SerializeToString())[0] == 200
+    assert invariant(store) == (1, 1)

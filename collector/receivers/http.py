@@ -144,6 +144,10 @@ class HttpReceiver:
             OTLPHttpApp(collector), host=host, port=port, threads=threads,
             max_request_body_size=collector.settings.max_body_bytes + 1,
             ident="upmetr-audit", clear_untrusted_proxy_headers=True,
+            # Read big OTLP bodies in large chunks and keep them in memory:
+            # waitress's defaults (8 KiB reads, spill to a temp file past
+            # 512 KiB) cost more CPU than decoding the body.
+            recv_bytes=256 * 1024, inbuf_overflow=collector.settings.max_body_bytes + 1,
         )
         self.port = self.server.effective_port
         self._thread = None
