@@ -37,6 +37,8 @@ def _any(value) -> AnyValue:
         return AnyValue(double_value=value)
     if isinstance(value, bytes):
         return AnyValue(bytes_value=value)
+    if value is None:
+        return AnyValue()
     if isinstance(value, list):
         out = AnyValue()
         out.array_value.values.extend(_any(v) for v in value)
