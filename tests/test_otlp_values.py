@@ -2,10 +2,11 @@
 AsString() does, so both writers of audit_ingest produce the same rows."""
 
 import pytest
-from helpers import _any
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from upmetr_audit.collector.otlp import any_to_str
+
+from helpers import _any
 
 CASES = [
     ("text", "text"), (True, "true"), (False, "false"), (-42, "-42"),
@@ -16,7 +17,8 @@ CASES = [
     (b"\x00\xffhi", "AP9oaQ=="),
     (["a", 1, 2.5, True, None], '["a",1,2.5,true,null]'),
     ({"b": 1, "a": {"d": [1.0], "c": "x"}}, '{"a":{"c":"x","d":[1]},"b":1}'),  # keys sorted
-    ({"html": "<b>&</b>", "ls": "\u2028"}, '{"html":"\\u003cb\\u003e\\u0026\\u003c/b\\u003e","ls":"\\u2028"}'),
+    ({"html": "<b>&</b>", "ls": "\u2028"},
+     '{"html":"\\u003cb\\u003e\\u0026\\u003c/b\\u003e","ls":"\\u2028"}'),
     ({"é": "ü"}, '{"é":"ü"}'),
     ([1, float("nan")], ""),  # json.Marshal fails on a nested NaN: Go keeps ""
 ]
