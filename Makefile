@@ -12,6 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python $(SOURCES)
+	rm -rf build
 	$(BIN)/python -m pip install -q '.[server,dev]'
 	touch $@
 

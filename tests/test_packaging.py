@@ -1,6 +1,7 @@
 """A non-editable install works, and installs nothing but the upmetr_audit namespace."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,8 +13,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
+    # Build from a copy of the sources, so that no build/ folder in the work
+    # tree (or a concurrent build) can leak into the wheel.
+    src = tmp_path_factory.mktemp("src") / "upmetr-audit"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".venv", "build", "*.egg-info", ".git", "var", "__pycache__", ".pytest_cache"))
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), ROOT],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
                    check=True, timeout=600)
     (name,) = [f for f in os.listdir(out) if f.endswith(".whl")]
     return out / name
