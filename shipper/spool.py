@@ -1,0 +1,299 @@
+"""The spool: an append-only, checksummed, on-disk queue of audit events.
+
+Layout of a spool directory::
+
+    seg-0000000000000001.log   frames: MAGIC(2) length(4, LE) crc32(4, LE) payload
+    seg-0000000000000002.log   ... one segment is written at a time, then the next
+    cursor                     "<segment> <offset>": everything before it is acknowledged
+    spool.lock                 flock: one process per spool
+
+``append`` returns once the frame is written and fsynced. fsync is group
+committed: concurrent appends that arrive while one fsync runs share the
+next one. A reader (the shipper's worker) reads frames in order from the
+cursor and calls ``ack`` once the collector has committed them; fully
+acknowledged segments are deleted. A torn or corrupt frame (a crash during a
+write, a damaged disk) fails its checksum: the rest of that segment is skipped
+with a warning and reading goes on with the next segment. Every run writes to
+a new segment, so nothing is ever appended after a torn tail.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"UA"
+_HEADER = struct.Struct("<2sII")
+_SEGMENT_RE = re.compile(r"^seg-(\d{16})\.log$")
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+
+
+class SpoolError(OSError):
+    """The spool directory cannot be used (permissions, disk full, locked)."""
+
+
+class SpoolFullError(Exception):
+    """The spool stayed full for the whole timeout; the event was not written."""
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    segment: int
+    offset: int
+
+
+def _segment_name(seq: int) -> str:
+    return f"seg-{seq:016d}.log"
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+class Spool:
+    def __init__(self, directory: str, *, max_bytes: int = 256 * 1024 * 1024,
+                 segment_bytes: int = 8 * 1024 * 1024, fsync: bool = True):
+        if max_bytes < segment_bytes or segment_bytes < 4096:
+            raise ValueError("need segment_bytes >= 4096 and max_bytes >= segment_bytes")
+        self.directory = os.path.abspath(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            self._lock_fd = os.open(os.path.join(self.directory, "spool.lock"),
+                                    os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolError(exc.errno, f"cannot use spool directory {self.directory}: "
+                                        f"{exc.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise SpoolError(0, f"spool {self.directory} is in use by another process; "
+                                f"give each process its own spool directory") from None
+        self._lock = threading.Lock()               # guards writing and sizes
+        self._space = threading.Condition(self._lock)
+        self._sync_cond = threading.Condition()     # guards the group fsync
+        self._syncing = False
+        self._written = 0                           # bytes appended by this run
+        self._synced = 0
+        self._cursor = self._load_cursor()
+        segments = self._segments()
+        self._sizes = {s: os.path.getsize(self._path(s)) for s in segments if s >= self._cursor.segment}
+        for s in segments:
+            if s < self._cursor.segment:
+                self._unlink(s)
+        self._active = max([*segments, self._cursor.segment, 0]) + 1
+        self._fd = self._open_segment(self._active)
+        self._read_pos = self._cursor
+        self._closed = False
+
+    # -- paths and files ------------------------------------------------------
+
+    def _path(self, seq: int) -> str:
+        return os.path.join(self.directory, _segment_name(seq))
+
+    def _segments(self) -> list[int]:
+        return sorted(int(m.group(1)) for n in os.listdir(self.directory)
+                      if (m := _SEGMENT_RE.match(n)))
+
+    def _open_segment(self, seq: int) -> int:
+        try:
+            fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            if self.fsync:
+                self._fsync_dir()
+        except OSError as exc:
+            raise SpoolError(exc.errno, f"cannot create a spool segment in {self.directory}: "
+                                        f"{exc.strerror}") from None
+        self._sizes[seq] = 0
+        return fd
+
+    def _fsync_dir(self) -> None:
+        dfd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def _unlink(self, seq: int) -> None:
+        try:
+            os.unlink(self._path(seq))
+        except FileNotFoundError:
+            pass
+        self._sizes.pop(seq, None)
+
+    def _load_cursor(self) -> Position:
+        try:
+            with open(os.path.join(self.directory, "cursor")) as f:
+                seg, off = f.read().split()
+            return Position(int(seg), int(off))
+        except FileNotFoundError:
+            return Position(0, 0)
+        except ValueError:
+            log.warning("spool cursor is unreadable; re-sending the whole spool "
+                        "(the collector de-duplicates)", extra={"spool": self.directory})
+            return Position(0, 0)
+
+    # -- writing --------------------------------------------------------------
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def append(self, payload: bytes, timeout_s: float | None = 5.0) -> None:
+        """Write one event and return once it is on disk (fsynced, if enabled).
+
+        Blocks while the spool is full, up to ``timeout_s``, then raises
+        :class:`SpoolFullError`. Disk errors raise :class:`SpoolError`.
+        """
+        if len(payload) > MAX_FRAME_BYTES:
+            raise ValueError(f"event is {len(payload)} bytes; the limit is {MAX_FRAME_BYTES}")
+        frame = encode_frame(payload)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._lock:
+            while self.size_bytes + len(frame) > self.max_bytes:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise SpoolFullError(
+                        f"spool {self.directory} is full ({self.size_bytes} of {self.max_bytes} "
+                        f"bytes) and did not drain within {timeout_s:g}s; is the collector reachable?")
+                self._space.wait(remaining)
+            if self._closed:
+                raise SpoolError(0, "the spool is closed")
+            if self._sizes[self._active] and self._sizes[self._active] + len(frame) > self.segment_bytes:
+                self._roll()
+            try:
+                os.write(self._fd, frame)
+            except OSError as exc:
+                raise SpoolError(exc.errno, f"cannot write to spool {self.directory}: "
+                                            f"{exc.strerror}") from None
+            self._sizes[self._active] += len(frame)
+            self._written += len(frame)
+            mine = self._written
+        if self.fsync:
+            self._sync_to(mine)
+
+    def _roll(self) -> None:
+        """Close the full segment (synced) and start the next one. Holds ``_lock``."""
+        if self.fsync:
+            os.fsync(self._fd)
+        os.close(self._fd)
+        self._active += 1
+        self._fd = self._open_segment(self._active)
+
+    def _sync_to(self, position: int) -> None:
+        """Group commit: one fsync covers every append made before it started."""
+        with self._sync_cond:
+            while self._synced < position:
+                if self._syncing:
+                    self._sync_cond.wait()
+                    continue
+                self._syncing = True
+                with self._lock:
+                    fd, target = os.dup(self._fd), self._written
+                self._sync_cond.release()
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                    self._sync_cond.acquire()
+                    self._syncing = False
+                    self._sync_cond.notify_all()
+                # Bytes in earlier segments were synced when they were rolled.
+                self._synced = max(self._synced, target)
+
+    # -- reading and acknowledging --------------------------------------------
+
+    def read(self, max_records: int) -> tuple[list[bytes], Position]:
+        """Up to ``max_records`` payloads after the last read, and the position
+        after them (pass it to :meth:`ack` once they are delivered)."""
+        out: list[bytes] = []
+        pos = self._read_pos
+        while len(out) < max_records:
+            with self._lock:
+                active, limit = self._active, self._sizes.get(pos.segment)
+            if limit is None:  # a segment that is gone or was never written
+                if pos.segment >= active:
+                    break
+                pos = Position(pos.segment + 1, 0)
+                continue
+            payloads, pos, done = self._read_segment(pos, limit, max_records - len(out),
+                                                     final=pos.segment < active)
+            out.extend(payloads)
+            if not done:
+                break
+            if pos.segment >= active:
+                break
+            pos = Position(pos.segment + 1, 0)
+        self._read_pos = pos
+        return out, pos
+
+    def _read_segment(self, pos: Position, limit: int, n: int, final: bool):
+        """Read frames of one segment from ``pos`` up to ``limit`` bytes.
+        Returns (payloads, new position, segment finished)."""
+        out = []
+        offset = pos.offset
+        with open(self._path(pos.segment), "rb") as f:
+            f.seek(offset)
+            while len(out) < n and offset < limit:
+                header = f.read(_HEADER.size)
+                if len(header) == _HEADER.size:
+                    magic, length, crc = _HEADER.unpack(header)
+                    payload = f.read(length) if magic == MAGIC and length <= MAX_FRAME_BYTES else b""
+                    if magic == MAGIC and len(payload) == length and zlib.crc32(payload) == crc:
+                        out.append(payload)
+                        offset += _HEADER.size + length
+                        continue
+                log.warning("spool segment has a torn or corrupt frame; skipping the rest of it",
+                            extra={"segment": self._path(pos.segment), "offset": offset,
+                                   "skipped_bytes": limit - offset})
+                return out, Position(pos.segment, limit), True
+        return out, Position(pos.segment, offset), final and offset >= limit
+
+    def rewind(self) -> None:
+        """Read again from the last acknowledged position (after a failed send)."""
+        self._read_pos = self._cursor
+
+    def ack(self, pos: Position) -> None:
+        """Everything before ``pos`` is delivered: persist the cursor, delete
+        fully delivered segments, and wake appends waiting for space."""
+        tmp = os.path.join(self.directory, "cursor.tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{pos.segment} {pos.offset}\n")
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.directory, "cursor"))
+        with self._lock:
+            self._cursor = pos
+            for seq in [s for s in self._sizes if s < pos.segment]:
+                self._unlink(seq)
+            if pos.segment != self._active and self._sizes.get(pos.segment) == pos.offset:
+                self._unlink(pos.segment)
+            self._space.notify_all()
+
+    def pending_bytes(self) -> int:
+        with self._lock:
+            return self.size_bytes - self._cursor.offset if self._cursor.segment in self._sizes \
+                else self.size_bytes
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self.fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._space.notify_all()
+        os.close(self._lock_fd)
