@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 from upmetr_audit.shipper import contract
 from upmetr_audit.shipper.catalog import EVENT_NAME_PREFIX
+from upmetr_audit.shipper.values import any_to_str, attrs_to_dict
 
-from .otlp import any_to_str, attrs_to_dict, hex_id
+from .otlp import hex_id
 
 _INT64_MAX = 2**63 - 1
 

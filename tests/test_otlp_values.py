@@ -4,7 +4,7 @@ AsString() does, so both writers of audit_ingest produce the same rows."""
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from upmetr_audit.collector.otlp import any_to_str
+from upmetr_audit.shipper.values import any_to_str
 
 from helpers import _any
 
