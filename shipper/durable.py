@@ -1,0 +1,289 @@
+"""The durable log record processor: the OTel SDK's processor slot, with a
+spool instead of a drop-oldest queue, and a worker that never gives up.
+
+``on_emit`` encodes the record with the SDK's OTLP encoder and appends it to
+the spool; in durable mode it returns once the record is fsynced. A worker
+thread reads records in order, sends them, and:
+
+* on success, acknowledges them (the spool reclaims the disk);
+* on 429/502/503/504, a connection failure, or a gRPC retryable status,
+  waits (``Retry-After`` / ``RetryInfo``, else exponential backoff with
+  jitter) and sends the same records again, with no deadline;
+* on 400 / INVALID_ARGUMENT, writes them to the dead-letter file with the
+  server's message and moves on;
+* on a partial success, writes the records the server refused to the
+  dead-letter file (the rest are stored; resending them would be harmless,
+  the collector de-duplicates by event id).
+
+Each spool payload is a serialized ``ExportLogsServiceRequest`` of one
+record. Protobuf merges concatenated messages by appending repeated fields,
+so a batch on the wire is simply the payloads joined.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+
+from google.protobuf import json_format
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.sdk._logs import LogRecordProcessor
+
+from . import contract
+from .spool import Position, SpoolError, SpoolFullError
+from .transport import OK, PARTIAL, PERMANENT, RETRY, TOO_LARGE
+from .values import attrs_to_dict
+
+log = logging.getLogger(__name__)
+
+
+class MemoryQueue:
+    """Fast mode: the spool's interface, in memory. Events are lost if the
+    process dies before they are sent; ``emit`` is faster and needs no disk."""
+
+    def __init__(self, max_records: int = 100_000):
+        self.max_records = max_records
+        self._items: deque[bytes] = deque()
+        self._base = 0          # absolute index of _items[0]
+        self._read = 0          # absolute index of the next unread item
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def append(self, payload: bytes, timeout_s: float | None = 5.0) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._items) < self.max_records or self._closed,
+                                       timeout_s):
+                raise SpoolFullError(f"in-memory queue is full ({self.max_records} events) "
+                                     f"and did not drain within {timeout_s:g}s")
+            if self._closed:
+                raise SpoolError(0, "the queue is closed")
+            self._items.append(payload)
+
+    def read(self, max_records: int) -> tuple[list[bytes], Position]:
+        with self._cond:
+            start = self._read - self._base
+            out = list(self._items)[start:start + max_records]
+            self._read += len(out)
+            return out, Position(0, self._read)
+
+    def rewind(self) -> None:
+        with self._cond:
+            self._read = self._base
+
+    def ack(self, pos: Position) -> None:
+        with self._cond:
+            while self._base < pos.offset:
+                self._items.popleft()
+                self._base += 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclass
+class Stats:
+    pending: int = 0
+    sent: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    partial_successes: int = 0
+    oldest_pending_age_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class DeadLetter:
+    """Append-only JSON lines: the records the collector refused, with why."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def write(self, payloads: list[bytes], reason: str, message: str) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            for p in payloads:
+                record = json_format.MessageToDict(ExportLogsServiceRequest.FromString(p))
+                f.write(json.dumps({"time": now, "reason": reason, "message": message,
+                                    "request": record}, ensure_ascii=False) + "\n")
+            f.flush()
+
+
+def _record_time_ns(payload: bytes) -> int:
+    req = ExportLogsServiceRequest.FromString(payload)
+    for rl in req.resource_logs:
+        for sl in rl.scope_logs:
+            for rec in sl.log_records:
+                return rec.time_unix_nano or rec.observed_time_unix_nano
+    return 0
+
+
+def locally_refused(payload: bytes, now_ns: int) -> bool:
+    """Whether the contract's rules refuse this record now (to find which
+    records of a partially successful batch the server refused)."""
+    req = ExportLogsServiceRequest.FromString(payload)
+    for rl in req.resource_logs:
+        for sl in rl.scope_logs:
+            for rec in sl.log_records:
+                ts = rec.time_unix_nano or rec.observed_time_unix_nano or now_ns
+                if contract.reject_reason(rec.event_name, attrs_to_dict(rec.attributes),
+                                          ts, now_ns):
+                    return True
+    return False
+
+
+class DurableLogRecordProcessor(LogRecordProcessor):
+    """Spool in front of a sender, drained by a worker thread.
+
+    :param queue: a :class:`Spool` (durable) or :class:`MemoryQueue` (fast).
+    :param sender: an ``HttpSender`` or ``GrpcSender``.
+    :param dead_letter: where refused records go.
+    """
+
+    def __init__(self, queue, sender, dead_letter: DeadLetter, *, max_batch: int = 512,
+                 emit_timeout_s: float = 5.0, backoff_initial_s: float = 0.5,
+                 backoff_max_s: float = 30.0, pending: int = 0,
+                 shutdown_timeout_millis: int = 30_000):
+        self.queue = queue
+        self.sender = sender
+        self.dead_letter = dead_letter
+        self.max_batch = max_batch
+        self.emit_timeout_s = emit_timeout_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.stats = Stats(pending=pending)
+        self.shutdown_timeout_millis = shutdown_timeout_millis
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._stopping = threading.Event()
+        self._shutdown = False
+        self._oldest_ns = 0
+        self._worker = threading.Thread(target=self._run, name="upmetr-audit-shipper", daemon=True)
+        self._worker.start()
+
+    # -- the SDK's processor interface ----------------------------------------
+
+    def on_emit(self, log_record) -> None:
+        if self._shutdown:
+            raise SpoolError(0, "the audit shipper is shut down")
+        payload = encode_logs([log_record]).SerializeToString()
+        self.queue.append(payload, timeout_s=self.emit_timeout_s)
+        with self._lock:
+            self.stats.pending += 1
+        self._wake.set()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Wait until every emitted event is delivered or dead-lettered."""
+        deadline = time.monotonic() + timeout_millis / 1000
+        self._wake.set()
+        with self._idle:
+            return self._idle.wait_for(lambda: self.stats.pending == 0,
+                                       max(0.0, deadline - time.monotonic()))
+
+    def shutdown(self, timeout_millis: int | None = None) -> int:
+        """Flush for up to the timeout, then stop. Returns the events left in
+        the spool (sent by the next process that opens it). Idempotent."""
+        if timeout_millis is None:
+            timeout_millis = self.shutdown_timeout_millis
+        if not self._shutdown:
+            self.force_flush(timeout_millis)
+            self._shutdown = True
+            self._stopping.set()
+            self._wake.set()
+            self._worker.join(5)
+            self.queue.close()
+            self.sender.close()
+        return self.stats.pending
+
+    # -- the worker -----------------------------------------------------------
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopping; True if the worker should go on."""
+        return not self._stopping.wait(seconds)
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            payloads, pos = self.queue.read(self.max_batch)
+            if not payloads:
+                with self._idle:
+                    self._idle.notify_all()
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            if not self._oldest_ns:
+                self._oldest_ns = _record_time_ns(payloads[0])
+            result = self.sender.send(b"".join(payloads))
+            if result.outcome == RETRY:
+                attempt += 1
+                self.stats.retried += 1
+                delay = result.retry_after_s
+                if delay is None:
+                    delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1))
+                    delay *= random.uniform(0.8, 1.2)
+                log.warning("audit events not delivered, retrying",
+                            extra={"reason": result.message, "retry_in_s": round(delay, 2),
+                                   "attempt": attempt})
+                self.queue.rewind()
+                if not self._sleep(delay):
+                    break
+                continue
+            attempt = 0
+            if result.outcome == TOO_LARGE and len(payloads) > 1:
+                self.queue.rewind()
+                self.max_batch = max(1, len(payloads) // 2)
+                continue
+            if result.outcome in (PERMANENT, TOO_LARGE):
+                self.dead_letter.write(payloads, result.outcome, result.message)
+                self._count_dead(len(payloads))
+                log.error("audit events refused by the collector; written to dead-letter",
+                          extra={"events": len(payloads), "reason": result.message,
+                                 "dead_letter": self.dead_letter.path})
+            elif result.outcome == PARTIAL:
+                self._partial(payloads, result)
+            self.queue.ack(pos)
+            with self._lock:
+                self.stats.sent += len(payloads) if result.outcome == OK else 0
+                self.stats.pending -= len(payloads)
+            self._oldest_ns = 0
+            self._after_ack()
+
+    def _count_dead(self, n: int) -> None:
+        with self._lock:
+            self.stats.dead_lettered += n
+
+    def _partial(self, payloads: list[bytes], result) -> None:
+        now = time.time_ns()
+        refused = [p for p in payloads if locally_refused(p, now)]
+        if len(refused) != result.rejected:
+            refused = payloads  # cannot tell which: keep them all for inspection
+        self.dead_letter.write(refused, "partial success", result.message)
+        self._count_dead(len(refused))
+        with self._lock:
+            self.stats.partial_successes += 1
+            self.stats.sent += len(payloads) - len(refused)
+        log.error("collector refused part of a batch; refused records written to dead-letter",
+                  extra={"rejected": result.rejected, "reason": result.message})
+
+    def _after_ack(self) -> None:
+        with self._idle:
+            self._idle.notify_all()
+
+    def current_stats(self) -> dict:
+        with self._lock:
+            stats = self.stats.as_dict()
+        stats["oldest_pending_age_s"] = (
+            round((time.time_ns() - self._oldest_ns) / 1e9, 3) if self._oldest_ns and
+            stats["pending"] else 0.0)
+        return stats

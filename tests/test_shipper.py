@@ -1,0 +1,191 @@
+"""The shipper against the real collector: validation, the wire contract,
+retries, dead-letter, restarts."""
+
+import ipaddress
+import json
+import logging
+import time
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from upmetr_audit.shipper import AuditLogger, AuditLogHandler, SpoolFullError
+from upmetr_audit.shipper.catalog import ACTIONS
+
+from helpers import TOKEN, count, rows
+
+
+@pytest.fixture
+def make_shipper(tmp_path):
+    made = []
+
+    def make(endpoint, protocol="http/protobuf", **kwargs):
+        kwargs.setdefault("spool_dir", str(tmp_path / "spool"))
+        kwargs.setdefault("backoff_max_s", 0.5)
+        shipper = AuditLogger(service_name="billing-api", endpoint=endpoint, protocol=protocol,
+                              headers={"authorization": f"Bearer {TOKEN}"}, **kwargs)
+        made.append(shipper)
+        return shipper
+
+    yield make
+    for s in made:
+        s.shutdown(timeout_s=1)
+
+
+def http_endpoint(collector):
+    return collector.logs_url
+
+
+def grpc_endpoint(collector):
+    return f"http://{collector.grpc_target}"
+
+
+@pytest.mark.parametrize("protocol,endpoint", [("http/protobuf", http_endpoint),
+                                               ("grpc", grpc_endpoint)])
+def test_events_arrive_with_the_wire_contract(collector, store, make_shipper, protocol, endpoint):
+    audit = make_shipper(endpoint(collector), protocol)
+    tracer = TracerProvider().get_tracer("t")
+    with tracer.start_as_current_span("req") as span:
+        login = audit.auth.login(org="acme", user="ana@acme.test", status="failure",
+                                 ip="2001:db8::7", reason="invalid password", user_agent="curl/8")
+    update = audit.monitor.update(org="acme", user="ana@acme.test", resource="mon-1",
+                                  changes={"interval": {"before": 60, "after": 30}})
+    assert audit.flush(30)
+    by_id = {str(r["event_id"]): r for r in rows(store)}
+    r = by_id[login]
+    assert (r["action"], r["status"], r["reason"]) == ("auth.login", "failure", "invalid password")
+    assert r["ip"] == ipaddress.IPv6Address("2001:db8::7") and r["user_agent"] == "curl/8"
+    assert r["service_name"] == "billing-api"
+    assert r["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    u = by_id[update]
+    assert (u["resource_type"], u["resource_id"]) == ("monitor", "mon-1")
+    assert json.loads(u["changes"]) == {"interval": {"before": 60, "after": 30}}
+    assert login.count("-") == 4 and login[14] == "7"  # a UUIDv7
+    stats = audit.stats()
+    assert stats["sent"] == 2 and stats["pending"] == 0
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda a: a.emit("auth.logn", org="o", user="u@x", status="success"),
+     "unknown audit action 'auth.logn'; did you mean 'auth.login'?"),
+    (lambda a: a.emit("auth.login", org="", user="u@x", status="success"), "'org' is missing"),
+    (lambda a: a.emit("auth.login", org="o", user=None, status="success"), "'user' is missing"),
+    (lambda a: a.emit("auth.login", org="o", user="u@x", status="ok"), "status must be"),
+    (lambda a: a.emit("monitor.delete", org="o", user="u@x", status="success"),
+     "needs the monitor it acts on"),
+    (lambda a: a.emit("monitor.delete", org="o", user="u@x", status="success",
+                      resource=("incident", "i1")), "resource type must be 'monitor'"),
+    (lambda a: a.auth.login(org="o", user="u@x", status="failure", ip="300.1.1.1"),
+     "is not an IPv4 or IPv6 address"),
+    (lambda a: a.settings.update(org="o", user="u@x", changes=[1, 2]), "changes must be a JSON object"),
+])
+def test_invalid_events_raise_and_write_nothing(make_shipper, tmp_path, call, message):
+    audit = make_shipper("http://127.0.0.1:9/v1/logs")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        call(audit)
+    assert audit.stats()["pending"] == 0
+
+
+def test_typed_helpers_exist_for_every_action(make_shipper):
+    audit = make_shipper("http://127.0.0.1:9/v1/logs")
+    for action in ACTIONS.values():
+        assert callable(getattr(getattr(audit, action.category), action.verb))
+    with pytest.raises(AttributeError):
+        audit.auht  # noqa: B018 - a typo fails at once
+
+
+def test_events_wait_while_the_collector_is_down_then_arrive(make_collector, store, make_shipper):
+    collector = make_collector()
+    endpoint = collector.logs_url
+    collector.shutdown()  # the collector is down
+    audit = make_shipper(endpoint)
+    ids = [audit.auth.logout(org="acme", user=f"u{i}@acme.test") for i in range(50)]
+    deadline = time.monotonic() + 10
+    while audit.stats()["retried"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert audit.stats()["pending"] == 50 and count(store) == 0
+    port = int(endpoint.split(":")[2].split("/")[0])
+    make_collector(otlp_http_addr=f"127.0.0.1:{port}")  # back on the same port
+    assert audit.flush(30)
+    assert {str(r[0]) for r in store.client.query(
+        "SELECT event_id FROM audit.audit_events").result_rows} == set(ids)
+
+
+def test_a_400_goes_to_dead_letter_and_later_events_still_flow(collector, store, make_shipper,
+                                                                 tmp_path):
+    class Corrupting:
+        """Makes the next request undecodable, as a broken proxy would."""
+        def __init__(self, inner):
+            self.inner, self.corrupt = inner, 1
+
+        def send(self, body):
+            if self.corrupt:
+                self.corrupt -= 1
+                return self.inner.send(b"\xff\xff\xff" + body)
+            return self.inner.send(body)
+
+        def close(self):
+            self.inner.close()
+
+    audit = make_shipper(collector.logs_url)
+    audit.processor.sender = Corrupting(audit.processor.sender)
+    first = audit.auth.logout(org="acme", user="a@acme.test")
+    assert audit.flush(30)
+    second = audit.auth.logout(org="acme", user="b@acme.test")
+    assert audit.flush(30)
+    stored = {str(r[0]) for r in store.client.query("SELECT event_id FROM audit.audit_events").result_rows}
+    assert stored == {second}
+    (line,) = (tmp_path / "spool" / "dead-letter.jsonl").read_text().splitlines()
+    dead = json.loads(line)
+    assert dead["reason"] == "permanent" and "HTTP 400" in dead["message"]
+    assert first in json.dumps(dead["request"])
+    assert audit.stats()["dead_lettered"] == 1
+
+
+def test_retry_after_is_honoured(make_collector, store, make_shipper):
+    from test_backpressure import GatedExporter, wait_for  # noqa: PLC0415
+    holder = {}
+
+    def factory(client, metrics):
+        holder["x"] = GatedExporter(client, metrics)
+        return holder["x"]
+
+    col = make_collector(exporter_factory=factory, export_timeout_s=0.2)
+    audit = make_shipper(col.logs_url, backoff_max_s=0.01)
+    audit.auth.logout(org="acme", user="a@acme.test")
+    wait_for(lambda: audit.stats()["retried"] >= 1)
+    refused_at = time.monotonic()
+    retries = audit.stats()["retried"]
+    time.sleep(0.6)
+    # Retry-After is 1 s: no second attempt within it, although backoff_max_s is 0.01 s
+    assert audit.stats()["retried"] == retries
+    holder["x"].gate.set()
+    assert audit.flush(30)
+    assert time.monotonic() - refused_at >= 1.0
+    assert count(store) >= 1
+
+
+def test_full_spool_raises(make_shipper):
+    audit = make_shipper("http://127.0.0.1:9/v1/logs", spool_max_bytes=64 * 1024,
+                         emit_timeout_s=0.2)
+    with pytest.raises(SpoolFullError):
+        for i in range(10_000):
+            audit.auth.logout(org="acme", user=f"user{i}@acme.test", note="x" * 200)
+
+
+def test_logging_handler_emits_through_the_same_path(collector, store, make_shipper):
+    audit = make_shipper(collector.logs_url)
+    log = logging.getLogger("test.audit.handler")
+    log.addHandler(AuditLogHandler(audit))
+    log.propagate = False
+    log.warning("bad password for ana", extra={"audit": {
+        "action": "auth.login", "org": "acme", "user": "ana@acme.test", "status": "failure",
+        "ip": "198.51.100.1"}})
+    log.warning("an ordinary log line")  # no audit mapping: ignored
+    with pytest.raises(ValueError, match="unknown audit action"):
+        log.warning("typo", extra={"audit": {"action": "auth.lgin", "org": "a", "user": "u",
+                                             "status": "success"}})
+    assert audit.flush(30)
+    (row,) = rows(store)
+    assert row["reason"] == "bad password for ana" and row["action"] == "auth.login"
