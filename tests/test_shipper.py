@@ -189,3 +189,11 @@ def test_logging_handler_emits_through_the_same_path(collector, store, make_ship
     assert audit.flush(30)
     (row,) = rows(store)
     assert row["reason"] == "bad password for ana" and row["action"] == "auth.login"
+
+
+def test_committed_helpers_equal_a_fresh_rendering_of_the_catalog():
+    import pathlib
+
+    from upmetr_audit.shipper import codegen
+    committed = (pathlib.Path(__file__).parent.parent / "shipper" / "helpers.py").read_text()
+    assert committed == codegen.render(), "run: python -m upmetr_audit.shipper.codegen > shipper/helpers.py"
