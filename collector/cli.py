@@ -132,9 +132,8 @@ def _embedded_token(data_dir: str) -> str:
     return token
 
 
-def _run_collector(*, url, settings, log_level, summary_interval, demo=False):
+def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None):
     from .app import Collector
-    from .sample import SampleTraffic
 
     logs.setup(log_level)
     if settings.insecure_no_auth and not settings.ingest_tokens:
@@ -154,12 +153,13 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo=False):
     click.echo(f"OTLP/gRPC  {settings.otlp_grpc_addr.rsplit(':', 1)[0]}:{collector.grpc.port}")
     if settings.ingest_tokens:
         click.echo(f"send with  Authorization: Bearer {settings.ingest_tokens[0]}")
-    sample = None
-    if demo:
+    demo = None
+    if demo_dir:
         token = settings.ingest_tokens[0] if settings.ingest_tokens else None
-        sample = SampleTraffic(f"{http_url}/v1/logs", token)
-        sample.start()
-        click.echo("demo       sending sample audit events through the OTel SDK")
+        backfill = 7 if not store.client.command("SELECT count() FROM audit.audit_events") else 0
+        demo = _LiveDemo(f"{http_url}/v1/logs", token, demo_dir, backfill_days=backfill)
+        click.echo("demo       live audit traffic through the shipper"
+                   + (f", after {backfill} days of history" if backfill else ""))
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -171,13 +171,38 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo=False):
             click.echo("ingest     " + " ".join(f"{k}={v}" for k, v in now.items()))
             last = now
     click.echo("shutting down: finishing in-flight batches")
-    if sample:
-        sample.stop()
+    if demo:
+        demo.stop()
     drained = collector.shutdown()
     store.close()
     click.echo("ingest     " + " ".join(f"{k}={v}" for k, v in collector.summary().items()))
     if not drained:
         raise click.ClickException("shutdown timed out before every batch was committed")
+
+
+class _LiveDemo:
+    """Demo traffic in a thread of ``serve``: optional backfill, then live."""
+
+    def __init__(self, endpoint, token, spool_dir, backfill_days=0):
+        from upmetr_audit.shipper import AuditLogger
+        from upmetr_audit.shipper.demo import DemoTraffic
+        self.audit = AuditLogger(service_name="upmetr-demo", endpoint=endpoint, spool_dir=spool_dir,
+                                 headers={"authorization": f"Bearer {token}"} if token else None)
+        self.traffic = DemoTraffic(self.audit)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(backfill_days,), name="demo",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, backfill_days):
+        if backfill_days:
+            self.traffic.backfill(backfill_days)
+        self.traffic.run_live(rate_per_s=2.0, stop=self.stop_event, attack_every_s=300)
+
+    def stop(self):
+        self.stop_event.set()
+        self.thread.join(30)
+        self.audit.shutdown(timeout_s=5)
 
 
 def _collector_settings(ingest_tokens, insecure_no_auth, otlp_http_addr, otlp_grpc_addr,
@@ -198,7 +223,8 @@ _COLLECTOR_OPTIONS = ("data_dir", "clickhouse_url", "otlp_http_addr", "otlp_grpc
 @cli.command()
 @options(*_COLLECTOR_OPTIONS, "web_addr")
 @click.option("--demo", is_flag=True, envvar="UPMETR_AUDIT_DEMO", show_envvar=True,
-              help="Also send sample audit events through the OTel SDK to this collector.")
+              help="Also run demo traffic through the shipper into this collector "
+                   "(7 days of history first when the store is empty).")
 @_fail_cleanly
 def serve(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary_interval,
           log_level, web_addr, demo, **collector_opts):
@@ -212,7 +238,8 @@ def serve(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary_int
         ingest_tokens = _embedded_token(data_dir)
     settings = _collector_settings(ingest_tokens, insecure_no_auth, **collector_opts)
     _run_collector(url=_resolve_url(data_dir, clickhouse_url), settings=settings,
-                   log_level=log_level, summary_interval=summary_interval, demo=demo)
+                   log_level=log_level, summary_interval=summary_interval,
+                   demo_dir=os.path.join(data_dir, "spool", "upmetr-demo") if demo else None)
 
 
 @cli.command()
@@ -228,6 +255,69 @@ def collector(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary
     settings = _collector_settings(ingest_tokens, insecure_no_auth, **collector_opts)
     _run_collector(url=_resolve_url(data_dir, clickhouse_url), settings=settings,
                    log_level=log_level, summary_interval=summary_interval)
+
+
+@cli.command()
+@options("data_dir", "otlp_http_addr", "ingest_tokens")
+@click.option("--endpoint", envvar="UPMETR_AUDIT_DEMO_ENDPOINT", show_envvar=True,
+              help="OTLP/HTTP logs URL. Default: http://<otlp-http-addr>/v1/logs.")
+@click.option("--backfill", "backfill_days", type=click.FloatRange(0, 3650), default=0,
+              envvar="UPMETR_AUDIT_DEMO_BACKFILL", show_envvar=True,
+              help="Write this many days of history first, as fast as it goes.")
+@click.option("--rate", type=click.FloatRange(0), default=2.0, envvar="UPMETR_AUDIT_DEMO_RATE",
+              show_envvar=True, help="Live events per second at peak hours (0: no live traffic).")
+@click.option("--duration", type=click.FloatRange(0), default=None,
+              envvar="UPMETR_AUDIT_DEMO_DURATION", show_envvar=True,
+              help="Stop live traffic after this many seconds (default: until Ctrl-C).")
+@click.option("--orgs", type=click.IntRange(1, 1000), default=4, envvar="UPMETR_AUDIT_DEMO_ORGS",
+              show_envvar=True, help="Organizations to simulate.")
+@click.option("--attack-every", type=click.FloatRange(0), default=300.0,
+              envvar="UPMETR_AUDIT_DEMO_ATTACK_EVERY", show_envvar=True,
+              help="Seconds between scripted attacks in live traffic (0: none).")
+@click.option("--seed", type=int, default=7, envvar="UPMETR_AUDIT_DEMO_SEED", show_envvar=True,
+              help="Random seed: the same seed gives the same traffic.")
+@_fail_cleanly
+def demo(data_dir, otlp_http_addr, ingest_tokens, endpoint, backfill_days, rate, duration, orgs,
+         attack_every, seed):
+    """Send realistic audit traffic through the shipper into a running collector.
+
+    Several orgs with superadmin, admin and viewer users, every category, a
+    daily rhythm, ~2% failed logins, and scripted attacks (brute force,
+    password spraying, credential stuffing, one user from many IPs).
+    """
+    from rich.progress import Progress
+
+    from upmetr_audit.shipper import AuditLogger
+    from upmetr_audit.shipper.demo import DemoTraffic
+
+    token = (_tokens(ingest_tokens) or (None,))[0]
+    token_file = os.path.join(data_dir, "ingest-token")
+    if token is None and os.path.exists(token_file):
+        with open(token_file) as f:
+            token = f.read().strip()
+    endpoint = endpoint or f"http://{otlp_http_addr}/v1/logs"
+    audit = AuditLogger(service_name="upmetr-demo", endpoint=endpoint,
+                        spool_dir=os.path.join(data_dir, "spool", "upmetr-demo-cli"),
+                        headers={"authorization": f"Bearer {token}"} if token else None)
+    traffic = DemoTraffic(audit, orgs=orgs, seed=seed)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        if backfill_days:
+            with Progress() as progress:
+                task = progress.add_task(f"backfilling {backfill_days:g} days", total=None)
+                traffic.backfill(backfill_days, progress=lambda done, total: progress.update(
+                    task, completed=done, total=total))
+            click.echo(f"backfill   {traffic.sent} events written to the spool; delivering")
+        if rate and not stop.is_set():
+            click.echo(f"live       ~{rate:g} events/s to {endpoint} (Ctrl-C to stop)")
+            traffic.run_live(rate, stop, attack_every_s=attack_every, duration_s=duration)
+        delivered = audit.flush(timeout_s=600)
+    finally:
+        left = audit.shutdown(timeout_s=5)
+    click.echo(f"demo       {traffic.sent} events sent; {left} still in the spool"
+               + ("" if delivered else " (the collector did not take them all; they stay spooled)"))
 
 
 def main() -> None:
