@@ -259,26 +259,26 @@ def collector(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary
 
 @cli.command()
 @options("data_dir", "otlp_http_addr", "ingest_tokens")
-@click.option("--endpoint", envvar="UPMETR_AUDIT_DEMO_ENDPOINT", show_envvar=True,
+@click.option("--endpoint", "demo_endpoint", envvar="UPMETR_AUDIT_DEMO_ENDPOINT", show_envvar=True,
               help="OTLP/HTTP logs URL. Default: http://<otlp-http-addr>/v1/logs.")
-@click.option("--backfill", "backfill_days", type=click.FloatRange(0, 3650), default=0,
+@click.option("--backfill", "demo_backfill", type=click.FloatRange(0, 3650), default=0,
               envvar="UPMETR_AUDIT_DEMO_BACKFILL", show_envvar=True,
               help="Write this many days of history first, as fast as it goes.")
-@click.option("--rate", type=click.FloatRange(0), default=2.0, envvar="UPMETR_AUDIT_DEMO_RATE",
+@click.option("--rate", "demo_rate", type=click.FloatRange(0), default=2.0, envvar="UPMETR_AUDIT_DEMO_RATE",
               show_envvar=True, help="Live events per second at peak hours (0: no live traffic).")
-@click.option("--duration", type=click.FloatRange(0), default=None,
+@click.option("--duration", "demo_duration", type=click.FloatRange(0), default=None,
               envvar="UPMETR_AUDIT_DEMO_DURATION", show_envvar=True,
               help="Stop live traffic after this many seconds (default: until Ctrl-C).")
-@click.option("--orgs", type=click.IntRange(1, 1000), default=4, envvar="UPMETR_AUDIT_DEMO_ORGS",
+@click.option("--orgs", "demo_orgs", type=click.IntRange(1, 1000), default=4, envvar="UPMETR_AUDIT_DEMO_ORGS",
               show_envvar=True, help="Organizations to simulate.")
-@click.option("--attack-every", type=click.FloatRange(0), default=300.0,
+@click.option("--attack-every", "demo_attack_every", type=click.FloatRange(0), default=300.0,
               envvar="UPMETR_AUDIT_DEMO_ATTACK_EVERY", show_envvar=True,
               help="Seconds between scripted attacks in live traffic (0: none).")
-@click.option("--seed", type=int, default=7, envvar="UPMETR_AUDIT_DEMO_SEED", show_envvar=True,
+@click.option("--seed", "demo_seed", type=int, default=7, envvar="UPMETR_AUDIT_DEMO_SEED", show_envvar=True,
               help="Random seed: the same seed gives the same traffic.")
 @_fail_cleanly
-def demo(data_dir, otlp_http_addr, ingest_tokens, endpoint, backfill_days, rate, duration, orgs,
-         attack_every, seed):
+def demo(data_dir, otlp_http_addr, ingest_tokens, demo_endpoint, demo_backfill, demo_rate,
+         demo_duration, demo_orgs, demo_attack_every, demo_seed):
     """Send realistic audit traffic through the shipper into a running collector.
 
     Several orgs with superadmin, admin and viewer users, every category, a
@@ -295,11 +295,12 @@ def demo(data_dir, otlp_http_addr, ingest_tokens, endpoint, backfill_days, rate,
     if token is None and os.path.exists(token_file):
         with open(token_file) as f:
             token = f.read().strip()
-    endpoint = endpoint or f"http://{otlp_http_addr}/v1/logs"
+    endpoint = demo_endpoint or f"http://{otlp_http_addr}/v1/logs"
+    backfill_days, rate, duration = demo_backfill, demo_rate, demo_duration
     audit = AuditLogger(service_name="upmetr-demo", endpoint=endpoint,
                         spool_dir=os.path.join(data_dir, "spool", "upmetr-demo-cli"),
                         headers={"authorization": f"Bearer {token}"} if token else None)
-    traffic = DemoTraffic(audit, orgs=orgs, seed=seed)
+    traffic = DemoTraffic(audit, orgs=demo_orgs, seed=demo_seed)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -312,7 +313,7 @@ def demo(data_dir, otlp_http_addr, ingest_tokens, endpoint, backfill_days, rate,
             click.echo(f"backfill   {traffic.sent} events written to the spool; delivering")
         if rate and not stop.is_set():
             click.echo(f"live       ~{rate:g} events/s to {endpoint} (Ctrl-C to stop)")
-            traffic.run_live(rate, stop, attack_every_s=attack_every, duration_s=duration)
+            traffic.run_live(rate, stop, attack_every_s=demo_attack_every, duration_s=duration)
         delivered = audit.flush(timeout_s=600)
     finally:
         left = audit.shutdown(timeout_s=5)
