@@ -28,6 +28,10 @@ def _fail_cleanly(f):
             return f(*args, **kwargs)
         except (UpmetrAuditError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
+        except ImportError as exc:
+            raise click.ClickException(
+                f"this command needs the server extra ({exc.name} is missing): "
+                f"pip install 'upmetr-audit[server]'") from None
     return wrapper
 
 
@@ -319,6 +323,53 @@ def demo(data_dir, otlp_http_addr, ingest_tokens, demo_endpoint, demo_backfill, 
         left = audit.shutdown(timeout_s=5)
     click.echo(f"demo       {traffic.sent} events sent; {left} still in the spool"
                + ("" if delivered else " (the collector did not take them all; they stay spooled)"))
+
+
+@cli.command()
+@click.argument("patterns", nargs=-1, required=True)
+@options("data_dir", "ingest_tokens")
+@click.option("--endpoint", "ship_endpoint", envvar="UPMETR_AUDIT_SHIP_ENDPOINT", show_envvar=True,
+              help="OTLP logs endpoint. Default: the OTEL_EXPORTER_OTLP_* variables, "
+                   "else http://localhost:4318/v1/logs.")
+@click.option("--state-dir", "ship_state_dir", envvar="UPMETR_AUDIT_SHIP_STATE_DIR",
+              show_envvar=True, help="Checkpoints, spool and dead-letter. Default: <data dir>/ship.")
+@click.option("--poll-interval", "ship_poll_interval", type=click.FloatRange(0.01), default=0.5,
+              envvar="UPMETR_AUDIT_SHIP_POLL_INTERVAL", show_envvar=True,
+              help="Seconds between looks at the files.")
+@_fail_cleanly
+def ship(patterns, data_dir, ingest_tokens, ship_endpoint, ship_state_dir, ship_poll_interval):
+    """Tail JSON Lines files of audit events and ship them durably.
+
+    PATTERNS are files or globs (quote them). One event per line, with the
+    wire-contract names (event_name, time_unix_nano or timestamp,
+    log.record.uid, upmetr.org.id, user.email, upmetr.audit.status, ...).
+    Survives rotation and restarts; bad lines go to <state dir>/dead-letter.jsonl.
+    """
+    from upmetr_audit.shipper import AuditLogger
+    from upmetr_audit.shipper.agent import Agent
+
+    state_dir = ship_state_dir or os.path.join(data_dir, "ship")
+    token = (_tokens(ingest_tokens) or (None,))[0]
+    audit = AuditLogger(service_name="upmetr-audit-ship", endpoint=ship_endpoint,
+                        spool_dir=os.path.join(state_dir, "spool"),
+                        headers={"authorization": f"Bearer {token}"} if token else None)
+    agent = Agent(audit, list(patterns), state_dir, poll_interval_s=ship_poll_interval)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"shipping   {' '.join(patterns)} (state in {state_dir})")
+
+    def progress(a):
+        click.echo(f"progress   read={a.lines_read} shipped={a.shipped} "
+                   f"dead_lettered={a.dead_lettered} pending={audit.stats()['pending']}")
+
+    try:
+        agent.run(stop, progress=progress)
+        audit.flush(timeout_s=10)
+    finally:
+        left = audit.shutdown(timeout_s=5)
+    progress(agent)
+    click.echo(f"stopped    {left} events left in the spool for the next run")
 
 
 def main() -> None:

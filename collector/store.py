@@ -14,8 +14,6 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import clickhouse_connect
-
 from upmetr_audit.shipper.catalog import ACTIONS, CATEGORY_BY_ID
 
 from . import schema
@@ -78,6 +76,8 @@ def _pid_from_status(path: str) -> int | None:
 
 def open_store(url: str) -> Store:
     """Open the store at ``url``. Raises :class:`StoreLocked` or :class:`ConfigError`."""
+    import clickhouse_connect  # the [server] extra; imported here so the CLI loads without it
+
     parts = urlsplit(url)
     if parts.scheme == "chdb":
         path = parts.path if not parts.netloc else os.path.join(parts.netloc, parts.path.lstrip("/"))

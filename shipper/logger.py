@@ -163,6 +163,24 @@ class AuditLogger(CatalogHelpers):
             severity_text="WARN" if status == "failure" else "INFO", attributes=attrs)
         return attrs[c.EVENT_ID]
 
+    def emit_record(self, event_name: str, attributes: dict[str, Any], timestamp_ns: int) -> None:
+        """Emit a record given in wire-contract form (the agent's JSON lines).
+
+        ``attributes`` are judged by the contract's rules, as the collector
+        will judge them; ``ValueError`` names the broken rule.
+        """
+        strings = {k: v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list))
+                   else str(v).lower() if isinstance(v, bool) else str(v)
+                   for k, v in attributes.items()}
+        reason = c.reject_reason(event_name, strings, timestamp_ns, time.time_ns())
+        if reason:
+            raise ValueError(reason)
+        status = strings[c.STATUS]
+        self._logger.emit(
+            event_name=event_name, timestamp=timestamp_ns, attributes=attributes,
+            severity_number=SeverityNumber.WARN if status == "failure" else SeverityNumber.INFO,
+            severity_text="WARN" if status == "failure" else "INFO")
+
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until every event is delivered (or dead-lettered)."""
         return self.processor.force_flush(int(timeout_s * 1000))

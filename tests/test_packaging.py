@@ -53,7 +53,7 @@ def test_non_editable_install_into_fresh_venv_imports_the_base(base_venv, tmp_pa
             "import importlib.util as u;"
             "print(s.__file__); print(len(k.ACTIONS));"
             "print(u.find_spec('collector'), u.find_spec('shipper'), u.find_spec('web'));"
-            "print([m for m in ('chdb', 'clickhouse_connect', 'flask', 'click') if u.find_spec(m)])")
+            "print([m for m in ('chdb', 'clickhouse_connect', 'flask', 'waitress') if u.find_spec(m)])")
     out = subprocess.run([py, "-c", code], capture_output=True, text=True, check=True,
                          cwd=tmp_path, timeout=120).stdout.split("\n")
     assert "site-packages/upmetr_audit/shipper/__init__.py" in out[0]
@@ -62,8 +62,10 @@ def test_non_editable_install_into_fresh_venv_imports_the_base(base_venv, tmp_pa
     assert out[3] == "[]"
 
 
-def test_command_in_base_install_says_which_extra_it_needs(base_venv):
-    r = subprocess.run([str(base_venv / "bin" / "upmetr-audit"), "--help"], capture_output=True,
+def test_command_in_base_install_says_which_extra_a_server_command_needs(base_venv, tmp_path):
+    exe = str(base_venv / "bin" / "upmetr-audit")
+    assert subprocess.run([exe, "ship", "--help"], capture_output=True, timeout=120).returncode == 0
+    r = subprocess.run([exe, "db", "check", "--data-dir", str(tmp_path)], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 1
     assert "pip install 'upmetr-audit[server]'" in r.stderr and "Traceback" not in r.stderr

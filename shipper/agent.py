@@ -1,0 +1,250 @@
+"""The log-shipping agent behind ``upmetr-audit ship``: tail JSON Lines files
+of audit events and send them through the durable shipper.
+
+One event per line, with the wire-contract names: ``event_name``, a time
+(``time_unix_nano`` or ``timestamp``: nanoseconds, or an RFC 3339 string),
+and the attributes (``log.record.uid``, ``upmetr.org.id``, ``user.email``,
+``upmetr.audit.status``, ...) at the top level; any other key is kept as an
+attribute. A line without ``log.record.uid`` gets one derived from the file
+identity, offset and content, so that a line read twice is one event.
+
+Files are polled, so every rotation style works: rename + create (the old
+file is read to its end, then the new one from its start), copytruncate (a
+file shorter than the offset is read again from its start), a file deleted
+while open (read to its end), a partial last line (kept until its newline),
+and new files matching the globs. Checkpoints (device, inode, offset) are
+saved after the lines before them are spooled; after a restart reading
+resumes there, and the collector de-duplicates what was read twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from . import contract as c
+from .spool import SpoolFullError
+
+log = logging.getLogger(__name__)
+MAX_LINE_BYTES = 1024 * 1024
+
+
+@dataclass
+class _File:
+    path: str
+    dev: int
+    ino: int
+    offset: int
+    fd: int | None = None
+    partial: bytes = b""
+
+
+def parse_time(value) -> int:
+    if isinstance(value, bool) or value is None:
+        raise ValueError("missing time: give time_unix_nano (ns) or timestamp (RFC 3339)")
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, str):
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            raise ValueError(f"timestamp {value!r} has no time zone")
+        return int(when.timestamp()) * 10**9 + when.microsecond * 1000
+    raise ValueError(f"invalid time {value!r}")
+
+
+def line_to_record(text: bytes, dev: int, ino: int, offset: int) -> tuple[str, dict, int]:
+    """(event_name, attributes, time ns) of one line, or ``ValueError``."""
+    try:
+        event = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(event, dict):
+        raise ValueError("a line must be a JSON object")
+    event_name = event.pop("event_name", None)
+    if not isinstance(event_name, str) or not event_name:
+        raise ValueError("missing event_name")
+    ts = parse_time(event.pop("time_unix_nano", event.pop("timestamp", None)))
+    if not event.get(c.EVENT_ID):
+        digest = bytearray(hashlib.sha256(f"{dev}:{ino}:{offset}:".encode() + text).digest()[:16])
+        digest[6] = (digest[6] & 0x0F) | 0x80  # version 8: a custom, name-derived UUID
+        digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+        event[c.EVENT_ID] = str(uuid.UUID(bytes=bytes(digest)))
+    return event_name, event, ts
+
+
+class Agent:
+    def __init__(self, audit_logger, patterns: list[str], state_dir: str,
+                 poll_interval_s: float = 0.5, checkpoint_every_s: float = 1.0):
+        self.audit = audit_logger
+        self.patterns = patterns
+        self.state_dir = state_dir
+        os.makedirs(state_dir, exist_ok=True)
+        self.checkpoint_path = os.path.join(state_dir, "checkpoints.json")
+        self.dead_letter_path = os.path.join(state_dir, "dead-letter.jsonl")
+        self.poll_interval_s = poll_interval_s
+        self.checkpoint_every_s = checkpoint_every_s
+        self.files: dict[tuple[int, int], _File] = {}
+        self.lines_read = self.shipped = self.dead_lettered = 0
+        self._saved = self._load_checkpoints()
+        self._last_checkpoint = 0.0
+
+    # -- checkpoints ------------------------------------------------------------
+
+    def _load_checkpoints(self) -> dict[tuple[int, int], int]:
+        try:
+            with open(self.checkpoint_path) as f:
+                return {(e["dev"], e["ino"]): e["offset"] for e in json.load(f)}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, KeyError, TypeError):
+            log.warning("checkpoint file unreadable; reading every file from its start "
+                        "(the collector de-duplicates)", extra={"path": self.checkpoint_path})
+            return {}
+
+    def save_checkpoints(self) -> None:
+        entries = [{"path": f.path, "dev": f.dev, "ino": f.ino, "offset": f.offset}
+                   for f in self.files.values()]
+        tmp = self.checkpoint_path + ".tmp"
+        with open(tmp, "w") as out:
+            json.dump(entries, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.checkpoint_path)
+        self._last_checkpoint = time.monotonic()
+
+    # -- discovery --------------------------------------------------------------
+
+    def _discover(self) -> None:
+        for pattern in self.patterns:
+            for path in sorted(glob.glob(pattern)):
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key not in self.files and os.path.isfile(path):
+                    self.files[key] = _File(path, *key, offset=self._saved.get(key, 0))
+
+    def _open(self, f: _File) -> bool:
+        if f.fd is None:
+            try:
+                f.fd = os.open(f.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return False
+            if os.fstat(f.fd).st_ino != f.ino:  # replaced between stat and open
+                os.close(f.fd)
+                f.fd = None
+                return False
+        return True
+
+    # -- reading ----------------------------------------------------------------
+
+    def poll_once(self) -> int:
+        """Read every new complete line of every file; returns lines handled."""
+        self._discover()
+        handled = 0
+        for key, f in list(self.files.items()):
+            if not self._open(f):
+                if not os.path.exists(f.path):
+                    del self.files[key]
+                continue
+            size = os.fstat(f.fd).st_size
+            if size < f.offset:  # copytruncate: the file started over
+                log.info("file was truncated; reading it from the start", extra={"path": f.path})
+                f.offset, f.partial = 0, b""
+            handled += self._read(f)
+            if self._gone(f):
+                os.close(f.fd)
+                del self.files[key]
+        if time.monotonic() - self._last_checkpoint >= self.checkpoint_every_s:
+            self.save_checkpoints()
+        return handled
+
+    def _gone(self, f: _File) -> bool:
+        """Read to the end and no longer at its path (rotated away or deleted)."""
+        if os.fstat(f.fd).st_size > f.offset + len(f.partial):
+            return False
+        try:
+            st = os.stat(f.path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != (f.dev, f.ino)
+
+    def _read(self, f: _File) -> int:
+        handled = 0
+        while True:
+            chunk = os.pread(f.fd, 1024 * 1024, f.offset + len(f.partial))
+            if not chunk:
+                return handled
+            data = f.partial + chunk
+            start = 0
+            while (nl := data.find(b"\n", start)) != -1:
+                self._handle(f, data[start:nl], f.offset + start)
+                start = nl + 1
+                handled += 1
+            f.offset += start
+            f.partial = data[start:]
+            if len(f.partial) > MAX_LINE_BYTES:
+                self._dead(f, f.offset, f.partial[:200], f"line longer than {MAX_LINE_BYTES} bytes")
+                f.offset += len(f.partial)
+                f.partial = b""
+
+    def _handle(self, f: _File, text: bytes, offset: int) -> None:
+        self.lines_read += 1
+        if not text.strip():
+            return
+        try:
+            event_name, attrs, ts = line_to_record(text, f.dev, f.ino, offset)
+        except ValueError as exc:
+            self._dead(f, offset, text, str(exc))
+            return
+        while True:
+            try:
+                self.audit.emit_record(event_name, attrs, ts)
+                break
+            except ValueError as exc:
+                self._dead(f, offset, text, str(exc))
+                return
+            except SpoolFullError as exc:  # the collector is away: wait, never drop
+                log.warning("spool full; waiting before reading on", extra={"error": str(exc)})
+        self.shipped += 1
+
+    def _line_number(self, f: _File, offset: int) -> int:
+        with open(f"/proc/self/fd/{f.fd}", "rb") as fh:
+            return fh.read(offset).count(b"\n") + 1
+
+    def _dead(self, f: _File, offset: int, text: bytes, error: str) -> None:
+        self.dead_lettered += 1
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "file": f.path,
+                 "line": self._line_number(f, offset), "offset": offset, "error": error,
+                 "text": text.decode("utf-8", "replace")}
+        with open(self.dead_letter_path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        log.warning("bad audit line sent to dead-letter", extra=entry)
+
+    def run(self, stop: threading.Event, progress=None, progress_every_s: float = 5.0) -> None:
+        last = time.monotonic()
+        try:
+            while not stop.is_set():
+                self.poll_once()
+                if progress and time.monotonic() - last >= progress_every_s:
+                    progress(self)
+                    last = time.monotonic()
+                stop.wait(self.poll_interval_s)
+            self.poll_once()
+        finally:
+            self.save_checkpoints()
+            for f in self.files.values():
+                if f.fd is not None:
+                    os.close(f.fd)
+                    f.fd = None
