@@ -37,8 +37,8 @@ import time
 import uuid
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from workload import event_attributes
 
-from upmetr_audit.collector.sample import sample_attributes
 from upmetr_audit.shipper import contract as c
 from upmetr_audit.shipper.catalog import ACTIONS, EVENT_NAME_PREFIX
 
@@ -77,7 +77,7 @@ def build_bodies(n_events: int, batch: int, seed: int) -> list[tuple[int, bytes]
         for _ in range(n):
             org = rng.choice(org_ids)
             action_id = rng.choice(action_ids)
-            attrs = sample_attributes(rng, action_id, org, rng.choice(orgs[org]))
+            attrs = event_attributes(rng, action_id, org, rng.choice(orgs[org]))
             attrs[c.EVENT_ID] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             attrs[c.CLIENT_ADDRESS] = f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
             attrs[c.SESSION_ID] = f"s-{rng.getrandbits(48):012x}"

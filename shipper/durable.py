@@ -22,6 +22,7 @@ so a batch on the wire is simply the payloads joined.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -68,7 +69,7 @@ class MemoryQueue:
     def read(self, max_records: int) -> tuple[list[bytes], Position]:
         with self._cond:
             start = self._read - self._base
-            out = list(self._items)[start:start + max_records]
+            out = list(itertools.islice(self._items, start, start + max_records))
             self._read += len(out)
             return out, Position(0, self._read)
 

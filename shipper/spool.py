@@ -203,7 +203,7 @@ class Spool:
                     fd, target = os.dup(self._fd), self._written
                 self._sync_cond.release()
                 try:
-                    os.fsync(fd)
+                    os.fdatasync(fd)  # data and size; other metadata is not needed to read it back
                 finally:
                     os.close(fd)
                     self._sync_cond.acquire()
