@@ -25,6 +25,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/shipper.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
