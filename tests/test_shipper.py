@@ -197,3 +197,94 @@ def test_committed_helpers_equal_a_fresh_rendering_of_the_catalog():
     from upmetr_audit.shipper import codegen
     committed = (pathlib.Path(__file__).parent.parent / "shipper" / "helpers.py").read_text()
     assert committed == codegen.render(), "run: python -m upmetr_audit.shipper.codegen > shipper/helpers.py"
+
+
+@pytest.mark.parametrize("action", list(ACTIONS))
+def test_every_catalog_action_validates_and_enforces_its_resource(action):
+    from upmetr_audit.shipper import contract
+    from upmetr_audit.shipper.logger import build_attributes
+    spec = ACTIONS[action]
+    kwargs = {"org": "o", "user": "u@x.test", "status": "success"}
+    if spec.resource_type:
+        with pytest.raises(ValueError, match=f"needs the {spec.resource_type}"):
+            build_attributes(action, **kwargs)
+        kwargs["resource"] = "r-1"
+    attrs = build_attributes(action, **kwargs)
+    strings = {k: str(v) for k, v in attrs.items()}
+    assert contract.reject_reason("upmetr.audit." + action, strings, time.time_ns(),
+                                  time.time_ns()) is None
+
+
+def test_shutdown_respects_its_timeout_and_reports_what_is_left(make_shipper):
+    audit = make_shipper("http://127.0.0.1:9/v1/logs")  # nothing listens there
+    for i in range(5):
+        audit.auth.logout(org="acme", user=f"u{i}@acme.test")
+    time.sleep(0.05)
+    stats = audit.stats()
+    assert stats["pending"] == 5 and stats["oldest_pending_age_s"] > 0
+    start = time.monotonic()
+    assert audit.flush(timeout_s=0.3) is False
+    assert audit.shutdown(timeout_s=0.5) == 5
+    assert time.monotonic() - start < 5
+
+
+def test_grpc_sender_reads_retry_info(make_collector):
+    from upmetr_audit.shipper.transport import RETRY, GrpcSender
+
+    from test_backpressure import GatedExporter  # noqa: PLC0415
+    holder = {}
+
+    def factory(client, metrics):
+        holder["x"] = GatedExporter(client, metrics)
+        return holder["x"]
+
+    col = make_collector(exporter_factory=factory, export_timeout_s=0.1)
+    sender = GrpcSender(col.grpc_target, {"authorization": f"Bearer {TOKEN}"})
+    from helpers import audit_attrs, otlp_request  # noqa: PLC0415
+    result = sender.send(otlp_request([{"attrs": audit_attrs()}]).SerializeToString())
+    holder["x"].gate.set()
+    sender.close()
+    assert result.outcome == RETRY and result.retry_after_s == 1.0
+    assert "UNAVAILABLE" in result.message
+
+
+@pytest.mark.parametrize("value,expected", [("3", 3.0), ("0", 0.0), ("", None), ("soon", None)])
+def test_retry_after_forms(value, expected):
+    from upmetr_audit.shipper.transport import parse_retry_after
+    assert parse_retry_after(value) == expected
+
+
+def test_retry_after_http_date():
+    import email.utils
+
+    from upmetr_audit.shipper.transport import parse_retry_after
+    now = time.time()
+    assert 9 <= parse_retry_after(email.utils.formatdate(now + 10, usegmt=True), now=now) <= 10
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, "http://c:4318/v1/logs"),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://l:1/x"},
+     "http://l:1/x"),
+    ({}, "http://localhost:4318/v1/logs"),
+])
+def test_sender_endpoint_from_the_standard_variables(env, expected):
+    from upmetr_audit.shipper.transport import sender_from_env
+    sender = sender_from_env(environ=env)
+    assert sender.endpoint == expected
+    sender.close()
+
+
+def test_headers_protocol_and_compression_from_the_standard_variables():
+    from upmetr_audit.shipper.transport import GrpcSender, sender_from_env
+    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317",
+           "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20abc,x-team=core",
+           "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"}
+    sender = sender_from_env(environ=env)
+    assert isinstance(sender, GrpcSender) and sender.target == "c:4317"
+    assert dict(sender.metadata) == {"authorization": "Bearer abc", "x-team": "core"}
+    sender.close()
+    with pytest.raises(ValueError, match="unsupported OTLP protocol"):
+        sender_from_env(environ={"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+    with pytest.raises(ValueError, match="invalid OTLP header"):
+        sender_from_env(environ={"OTEL_EXPORTER_OTLP_HEADERS": "novalue"})
