@@ -5,7 +5,7 @@ import pytest
 from upmetr_audit.collector import store as store_mod
 from upmetr_audit.collector.app import Collector, CollectorSettings
 
-from helpers import TOKEN
+from helpers import TOKEN, GatedExporter
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +51,22 @@ def make_collector(store):
 @pytest.fixture
 def collector(make_collector):
     return make_collector()
+
+
+@pytest.fixture
+def make_gated_collector(make_collector):
+    """A collector whose ClickHouse exporter waits behind ``collector.gate``
+    (a :class:`helpers.GatedExporter`) until the test opens it."""
+
+    def make(**overrides):
+        holder = {}
+
+        def factory(client, metrics):
+            holder["exporter"] = GatedExporter(client, metrics)
+            return holder["exporter"]
+
+        col = make_collector(exporter_factory=factory, **overrides)
+        col.gate = holder["exporter"]
+        return col
+
+    return make

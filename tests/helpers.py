@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 import uuid
@@ -10,6 +11,7 @@ import uuid
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from upmetr_audit.collector.exporters import ClickHouseExporter
 from upmetr_audit.shipper import contract as c
 
 TOKEN = "test-token-0123456789"
@@ -96,3 +98,25 @@ def count(store, table="audit.audit_events") -> int:
 
 def to_json(obj) -> bytes:
     return json.dumps(obj).encode()
+
+
+class GatedExporter:
+    """The real ClickHouse exporter behind a gate that the test opens, so that
+    the sending queue fills deterministically while a commit is held."""
+
+    def __init__(self, client, metrics):
+        self.inner = ClickHouseExporter(client, metrics)
+        self.gate = threading.Event()
+        self.holding = threading.Event()
+
+    def export(self, batches):
+        self.holding.set()
+        assert self.gate.wait(30), "test never opened the gate"
+        self.inner.export(batches)
+
+
+def wait_for(predicate, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)

@@ -9,46 +9,15 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from upmetr_audit.collector.exporters import ClickHouseExporter
-
-from helpers import TOKEN, audit_attrs, count, otlp_request, post
+from helpers import TOKEN, audit_attrs, count, otlp_request, post, wait_for
 from test_collector_sdk import sdk_logger
 
 EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 
 
-class GatedExporter:
-    """The real ClickHouse exporter behind a gate that the test opens, so that
-    the sending queue fills deterministically while a commit is held."""
-
-    def __init__(self, client, metrics):
-        self.inner = ClickHouseExporter(client, metrics)
-        self.gate = threading.Event()
-        self.holding = threading.Event()
-
-    def export(self, batches):
-        self.holding.set()
-        assert self.gate.wait(30), "test never opened the gate"
-        self.inner.export(batches)
-
-
-def wait_for(predicate, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
-
-
 @pytest.fixture
-def gated(make_collector):
-    holder = {}
-
-    def factory(client, metrics):
-        holder["exporter"] = GatedExporter(client, metrics)
-        return holder["exporter"]
-
-    col = make_collector(exporter_factory=factory, queue_size_records=2)
-    col.gate = holder["exporter"]
+def gated(make_gated_collector):
+    col = make_gated_collector(queue_size_records=2)
     # Fill the queue: a 2-record request is held inside the exporter.
     body = otlp_request([{"attrs": audit_attrs()}, {"attrs": audit_attrs()}]).SerializeToString()
     col.first = threading.Thread(target=post, args=(col.logs_url, body))

@@ -2,19 +2,12 @@
 
 import threading
 
-from helpers import audit_attrs, count, otlp_request, post
-from test_backpressure import GatedExporter, wait_for
+from helpers import audit_attrs, count, otlp_request, post, wait_for
 
 
-def test_shutdown_commits_in_flight_batches_and_refuses_new_ones(make_collector, store):
-    holder = {}
-
-    def factory(client, metrics):
-        holder["x"] = GatedExporter(client, metrics)
-        return holder["x"]
-
-    col = make_collector(exporter_factory=factory)
-    gate = holder["x"]
+def test_shutdown_commits_in_flight_batches_and_refuses_new_ones(make_gated_collector, store):
+    col = make_gated_collector()
+    gate = col.gate
     results = []
     body = otlp_request([{"attrs": audit_attrs()} for _ in range(3)]).SerializeToString()
     inflight = threading.Thread(target=lambda: results.append(post(col.logs_url, body)[0]))

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from upmetr_audit.shipper import AuditLogger, AuditLogHandler, SpoolFullError
 from upmetr_audit.shipper.catalog import ACTIONS
 
-from helpers import TOKEN, count, rows
+from helpers import TOKEN, audit_attrs, count, otlp_request, rows, wait_for
 
 
 @pytest.fixture
@@ -143,15 +143,8 @@ def test_a_400_goes_to_dead_letter_and_later_events_still_flow(collector, store,
     assert audit.stats()["dead_lettered"] == 1
 
 
-def test_retry_after_is_honoured(make_collector, store, make_shipper):
-    from test_backpressure import GatedExporter, wait_for  # noqa: PLC0415
-    holder = {}
-
-    def factory(client, metrics):
-        holder["x"] = GatedExporter(client, metrics)
-        return holder["x"]
-
-    col = make_collector(exporter_factory=factory, export_timeout_s=0.2)
+def test_retry_after_is_honoured(make_gated_collector, store, make_shipper):
+    col = make_gated_collector(export_timeout_s=0.2)
     audit = make_shipper(col.logs_url, backoff_max_s=0.01)
     audit.auth.logout(org="acme", user="a@acme.test")
     wait_for(lambda: audit.stats()["retried"] >= 1)
@@ -160,7 +153,7 @@ def test_retry_after_is_honoured(make_collector, store, make_shipper):
     time.sleep(0.6)
     # Retry-After is 1 s: no second attempt within it, although backoff_max_s is 0.01 s
     assert audit.stats()["retried"] == retries
-    holder["x"].gate.set()
+    col.gate.gate.set()
     assert audit.flush(30)
     assert time.monotonic() - refused_at >= 1.0
     assert count(store) >= 1
@@ -228,21 +221,13 @@ def test_shutdown_respects_its_timeout_and_reports_what_is_left(make_shipper):
     assert time.monotonic() - start < 5
 
 
-def test_grpc_sender_reads_retry_info(make_collector):
+def test_grpc_sender_reads_retry_info(make_gated_collector):
     from upmetr_audit.shipper.transport import RETRY, GrpcSender
 
-    from test_backpressure import GatedExporter  # noqa: PLC0415
-    holder = {}
-
-    def factory(client, metrics):
-        holder["x"] = GatedExporter(client, metrics)
-        return holder["x"]
-
-    col = make_collector(exporter_factory=factory, export_timeout_s=0.1)
+    col = make_gated_collector(export_timeout_s=0.1)
     sender = GrpcSender(col.grpc_target, {"authorization": f"Bearer {TOKEN}"})
-    from helpers import audit_attrs, otlp_request  # noqa: PLC0415
     result = sender.send(otlp_request([{"attrs": audit_attrs()}]).SerializeToString())
-    holder["x"].gate.set()
+    col.gate.gate.set()
     sender.close()
     assert result.outcome == RETRY and result.retry_after_s == 1.0
     assert "UNAVAILABLE" in result.message
