@@ -210,6 +210,30 @@ FROM (SELECT *, {reject_reason_sql()} AS reason FROM {INGEST_TABLE} WHERE {_IS_A
 WHERE reason != ''"""
 
 
+ORGS_TABLE = f"{DATABASE}.orgs"
+USERS_TABLE = f"{DATABASE}.users"
+
+# Accounts of the audit page. Not audit records: a new version of a row
+# replaces the old one (read with FINAL), which is what an account wants.
+_ORGS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {ORGS_TABLE} (
+    org_id String,
+    timezone String DEFAULT 'UTC',
+    modules Array(LowCardinality(String)),
+    version UInt64
+) ENGINE = ReplacingMergeTree(version) ORDER BY org_id"""
+
+_USERS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {USERS_TABLE} (
+    email String,
+    org_id String,
+    role Enum8('superadmin' = 1, 'admin' = 2, 'viewer' = 3),
+    password_hash String,
+    disabled Bool,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version) ORDER BY email"""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -226,6 +250,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _events_mv_ddl(),
         _rejects_mv_ddl(),
     )),
+    Migration(2, "accounts of the audit page: orgs and users", (_ORGS_DDL, _USERS_DDL)),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -11,6 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from upmetr_audit.collector import schema
 from upmetr_audit.collector.cli import cli
 from upmetr_audit.collector.settings import SETTINGS
 
@@ -79,12 +80,12 @@ def test_migrate_then_check_reports_version_and_retention(tmp_path):
     r = runner.invoke(cli, ["db", "check", "--data-dir", str(tmp_path)])
     assert r.exit_code == 1 and "db migrate" in r.output
     r = runner.invoke(cli, ["db", "migrate", "--data-dir", str(tmp_path)])
-    assert r.exit_code == 0 and "applied migrations 1" in r.output
+    assert r.exit_code == 0 and "applied migrations 1, 2" in r.output
     r = runner.invoke(cli, ["db", "migrate", "--data-dir", str(tmp_path)])
     assert "up to date" in r.output
     r = runner.invoke(cli, ["db", "check", "--data-dir", str(tmp_path)])
     assert r.exit_code == 0
-    assert "schema version: 1" in r.output
+    assert f"schema version: {schema.LATEST_VERSION}" in r.output
     assert re.search(r"audit_events\s+MergeTree\s+rows=0\s+retention=indefinite", r.output)
 
 

@@ -19,7 +19,7 @@ SETTINGS = CollectorSettings(otlp_http_addr="127.0.0.1:0", otlp_grpc_addr="127.0
 
 def test_migrate_is_idempotent_and_recorded(store):
     assert store_mod.migrate(store.client) == []  # the fixture already migrated
-    assert store_mod.applied_versions(store.client) == [schema.LATEST_VERSION]
+    assert store_mod.applied_versions(store.client) == [m.version for m in schema.MIGRATIONS]
     (n,) = store.client.query(f"SELECT count() FROM {schema.MIGRATIONS_TABLE}").result_rows[0]
     assert n == len(schema.MIGRATIONS)
 

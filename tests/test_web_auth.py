@@ -1,0 +1,172 @@
+"""Sign-in, roles, the module gate, CSRF, cookies, headers, rate limit and the
+page's own audit events — with the Flask test client on a real store and the
+self-audit going through the real shipper and collector."""
+
+import re
+import time
+
+import pytest
+
+from upmetr_audit.shipper import AuditLogger
+from upmetr_audit.web import accounts
+from upmetr_audit.web.app import create_app
+
+from helpers import TOKEN
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def audit_logger(collector, tmp_path):
+    audit = AuditLogger(service_name="upmetr-audit-web", endpoint=collector.logs_url,
+                        spool_dir=str(tmp_path / "web-spool"),
+                        headers={"authorization": f"Bearer {TOKEN}"})
+    yield audit
+    audit.shutdown(timeout_s=2)
+
+
+@pytest.fixture
+def app(store, audit_logger):
+    for email, org, role in [("root@acme.test", "acme", "superadmin"),
+                             ("admin@acme.test", "acme", "admin"),
+                             ("viewer@acme.test", "acme", "viewer"),
+                             ("root@globex.test", "globex", "superadmin")]:
+        accounts.create_user(store.client, email, org, role, PASSWORD)
+    accounts.set_module(store.client, "acme", accounts.AUDIT_MODULE, True)
+    return create_app({"STORE_CLIENT": store.client, "SECRET_KEY": "k" * 40,
+                       "AUDIT_EMIT": audit_logger.emit, "TESTING": True})
+
+
+def csrf(client, path="/login"):
+    html = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def login(client, email, password=PASSWORD, **extra):
+    return client.post("/login" + extra.pop("query", ""), data={
+        "email": email, "password": password, "csrf_token": csrf(client), **extra})
+
+
+def events(store, audit_logger, action):
+    assert audit_logger.flush(30)
+    return [r for r in store.client.query(
+        "SELECT user_email, status, org_id, reason FROM audit.audit_events "
+        "WHERE action = {a:String}", parameters={"a": action}).result_rows]
+
+
+def test_superadmin_signs_in_and_sees_the_page(app, store, audit_logger):
+    client = app.test_client()
+    r = login(client, "root@acme.test")
+    assert r.status_code == 302 and r.headers["Location"] == "/"
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert client.get("/").status_code == 200
+    assert events(store, audit_logger, "auth.login") == [("root@acme.test", "success", "acme", "")]
+
+
+@pytest.mark.parametrize("email,password", [("root@acme.test", "wrong password!"),
+                                            ("nobody@acme.test", PASSWORD)])
+def test_failed_sign_in_has_one_message_and_is_audited(app, store, audit_logger, email, password):
+    r = login(app.test_client(), email, password)
+    assert r.status_code == 401
+    assert "Invalid email or password." in r.get_data(as_text=True)
+    (row,) = events(store, audit_logger, "auth.login")
+    assert row[:2] == (email, "failure") and row[3] == "invalid credentials"
+
+
+@pytest.mark.parametrize("email", ["admin@acme.test", "viewer@acme.test"])
+def test_admin_and_viewer_get_403_saying_why(app, email):
+    client = app.test_client()
+    login(client, email)
+    r = client.get("/")
+    assert r.status_code == 403
+    assert "Only Superadmins can view audit logs; ask your organization's Superadmin" in \
+        r.get_data(as_text=True)
+
+
+def test_module_gate_explains_the_enterprise_module(app, store):
+    client = app.test_client()
+    login(client, "root@globex.test")  # globex has no audit_logs module
+    r = client.get("/")
+    assert r.status_code == 403 and "audit_logs" in r.get_data(as_text=True)
+    accounts.set_module(store.client, "globex", accounts.AUDIT_MODULE, True)
+    assert client.get("/").status_code == 200
+    accounts.set_module(store.client, "globex", accounts.AUDIT_MODULE, False)
+    assert client.get("/").status_code == 403
+
+
+def test_post_without_csrf_token_is_refused(app):
+    client = app.test_client()
+    client.get("/login")
+    r = client.post("/login", data={"email": "root@acme.test", "password": PASSWORD})
+    assert r.status_code == 400 and "CSRF" in r.get_data(as_text=True)
+
+
+def test_sign_out_needs_post_with_csrf_and_is_audited(app, store, audit_logger):
+    client = app.test_client()
+    login(client, "root@acme.test")
+    assert client.get("/logout").status_code == 405
+    assert client.post("/logout").status_code == 400
+    r = client.post("/logout", data={"csrf_token": csrf(client, "/")})
+    assert r.status_code == 302
+    assert client.get("/").status_code == 302  # signed out
+    assert events(store, audit_logger, "auth.logout") == [("root@acme.test", "success", "acme", "")]
+
+
+@pytest.mark.parametrize("target,expected", [("/?status=failure", "/?status=failure"),
+                                             ("//evil.example/x", "/"),
+                                             ("https://evil.example/", "/")])
+def test_next_parameter_cannot_redirect_off_site(app, target, expected):
+    r = login(app.test_client(), "root@acme.test", query=f"?next={target}")
+    assert r.headers["Location"] == expected
+
+
+def test_security_headers_on_every_page(app):
+    r = app.test_client().get("/login")
+    csp = r.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert r.headers["Referrer-Policy"] == "no-referrer"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "<script>" not in r.get_data(as_text=True)
+
+
+def test_disabled_user_cannot_sign_in_and_is_signed_out(app, store):
+    client = app.test_client()
+    login(client, "root@acme.test")
+    accounts.set_disabled(store.client, "root@acme.test")
+    assert client.get("/").status_code == 302
+    assert login(client, "root@acme.test").status_code == 401
+
+
+def test_idle_session_expires(app):
+    app.config["SESSION_IDLE_SECONDS"] = 0.2
+    client = app.test_client()
+    login(client, "root@acme.test")
+    assert client.get("/").status_code == 200
+    time.sleep(0.3)  # the idle timeout itself is what is under test
+    assert client.get("/").status_code == 302
+
+
+def test_sign_in_rate_limit_answers_429_and_is_audited(app, store, audit_logger):
+    app.config["LOGIN_RATE_LIMIT"] = "3 per minute"
+    client = app.test_client()
+    codes = [login(client, "root@acme.test", "wrong password!").status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+    (row,) = events(store, audit_logger, "system.rate_limit")
+    assert row[1] == "failure" and "rate limit" in row[3]
+
+
+def test_secret_key_is_required():
+    with pytest.raises(ValueError, match="SECRET_KEY"):
+        create_app({"STORE_CLIENT": None, "SECRET_KEY": "short"})
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"email": "not-an-email", "org_id": "o", "role": "viewer"}, "invalid email"),
+    ({"email": "a@b.c", "org_id": "o", "role": "owner"}, "role must be one of"),
+    ({"email": "a@b.c", "org_id": "", "role": "viewer"}, "org is required"),
+    ({"email": "a@b.c", "org_id": "o", "role": "viewer", "password": "short"}, "at least 10"),
+])
+def test_bad_account_data_is_refused(store, kwargs, message):
+    with pytest.raises(accounts.AccountError, match=message):
+        accounts.create_user(store.client, **kwargs)

@@ -1,0 +1,1 @@
+"""The superadmin audit page and its JSON API (``upmetr_audit.web``)."""

@@ -1,0 +1,158 @@
+"""Accounts of the audit page: organizations (timezone, modules) and users
+(role, argon2 password hash), kept in ClickHouse next to the audit data."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from upmetr_audit.collector import schema
+
+ROLES = ("superadmin", "admin", "viewer")
+AUDIT_MODULE = "audit_logs"
+_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+_hasher = PasswordHasher()
+#: Verified against when the user does not exist, so that timing does not tell.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class AccountError(ValueError):
+    """Invalid account data or an unknown account."""
+
+
+@dataclass(frozen=True)
+class User:
+    email: str
+    org_id: str
+    role: str
+    password_hash: str
+    disabled: bool
+
+
+@dataclass(frozen=True)
+class Org:
+    org_id: str
+    timezone: str
+    modules: tuple[str, ...]
+
+
+def _version() -> int:
+    return time.time_ns()
+
+
+def get_user(client, email: str) -> User | None:
+    rows = client.query(
+        f"SELECT email, org_id, role, password_hash, disabled FROM {schema.USERS_TABLE} FINAL "
+        "WHERE email = {email:String}", parameters={"email": email.strip().lower()}).result_rows
+    return User(*rows[0]) if rows else None
+
+
+def list_users(client, org_id: str | None = None) -> list[User]:
+    rows = client.query(
+        f"SELECT email, org_id, role, password_hash, disabled FROM {schema.USERS_TABLE} FINAL "
+        "WHERE {org:String} = '' OR org_id = {org:String} ORDER BY org_id, email",
+        parameters={"org": org_id or ""}).result_rows
+    return [User(*r) for r in rows]
+
+
+def _write_user(client, user: User) -> None:
+    client.insert(schema.USERS_TABLE, [[user.email, user.org_id, user.role, user.password_hash,
+                                        user.disabled, _version()]],
+                  column_names=["email", "org_id", "role", "password_hash", "disabled", "version"])
+
+
+def create_user(client, email: str, org_id: str, role: str, password: str | None = None) -> str:
+    """Create a user; returns the password (generated when none is given)."""
+    email = email.strip().lower()
+    if not _EMAIL_RE.match(email):
+        raise AccountError(f"invalid email {email!r}")
+    if role not in ROLES:
+        raise AccountError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if not org_id or len(org_id) > 256:
+        raise AccountError("org is required (at most 256 characters)")
+    if get_user(client, email):
+        raise AccountError(f"user {email} already exists")
+    password = password or secrets.token_urlsafe(12)
+    _check_password(password)
+    _write_user(client, User(email, org_id, role, _hasher.hash(password), False))
+    if get_org(client, org_id) is None:
+        save_org(client, Org(org_id, "UTC", ()))
+    return password
+
+
+def _check_password(password: str) -> None:
+    if len(password) < 10:
+        raise AccountError("a password needs at least 10 characters")
+
+
+def set_password(client, email: str, password: str) -> None:
+    user = get_user(client, email)
+    if user is None:
+        raise AccountError(f"no user {email}")
+    _check_password(password)
+    _write_user(client, User(user.email, user.org_id, user.role, _hasher.hash(password),
+                             user.disabled))
+
+
+def set_disabled(client, email: str, disabled: bool = True) -> None:
+    user = get_user(client, email)
+    if user is None:
+        raise AccountError(f"no user {email}")
+    _write_user(client, User(user.email, user.org_id, user.role, user.password_hash, disabled))
+
+
+def authenticate(client, email: str, password: str) -> User | None:
+    """The user if the password is right and the account enabled. Takes the
+    same argon2 time whether or not the user exists."""
+    user = get_user(client, email) if email else None
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return None
+    if user is None or user.disabled:
+        return None
+    return user
+
+
+def has_superadmin(client) -> bool:
+    return any(u.role == "superadmin" and not u.disabled for u in list_users(client))
+
+
+# -- orgs ---------------------------------------------------------------------
+
+
+def get_org(client, org_id: str) -> Org | None:
+    rows = client.query(
+        f"SELECT org_id, timezone, modules FROM {schema.ORGS_TABLE} FINAL "
+        "WHERE org_id = {org:String}", parameters={"org": org_id}).result_rows
+    return Org(rows[0][0], rows[0][1], tuple(rows[0][2])) if rows else None
+
+
+def save_org(client, org: Org) -> None:
+    client.insert(schema.ORGS_TABLE, [[org.org_id, org.timezone, list(org.modules), _version()]],
+                  column_names=["org_id", "timezone", "modules", "version"])
+
+
+def set_module(client, org_id: str, module: str, on: bool) -> Org:
+    org = get_org(client, org_id) or Org(org_id, "UTC", ())
+    modules = set(org.modules) | {module} if on else set(org.modules) - {module}
+    org = Org(org.org_id, org.timezone, tuple(sorted(modules)))
+    save_org(client, org)
+    return org
+
+
+def set_timezone(client, org_id: str, tz: str) -> Org:
+    import zoneinfo  # noqa: PLC0415
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise AccountError(f"unknown time zone {tz!r}") from None
+    org = get_org(client, org_id) or Org(org_id, "UTC", ())
+    org = Org(org.org_id, tz, org.modules)
+    save_org(client, org)
+    return org

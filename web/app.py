@@ -1,0 +1,57 @@
+"""The app factory of the audit page."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import Flask, render_template, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from werkzeug.exceptions import HTTPException
+
+from . import auth, security, views
+
+
+def create_app(config: dict) -> Flask:
+    """``config`` must hold ``STORE_CLIENT`` (a clickhouse-connect client) and
+    ``SECRET_KEY``; ``AUDIT_EMIT`` (``emit(action, **fields)``) records the
+    page's own events; ``SESSION_COOKIE_SECURE`` is set when not on localhost."""
+    if not config.get("SECRET_KEY") or len(config["SECRET_KEY"]) < 32:
+        raise ValueError("the web page needs a SECRET_KEY of at least 32 characters")
+    app = Flask(__name__)
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_NAME="upmetr_audit_session",
+        SESSION_IDLE_SECONDS=30 * 60,
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
+        MAX_CONTENT_LENGTH=64 * 1024,
+        LOGIN_RATE_LIMIT="10 per minute",
+    )
+    app.config.update(config)
+
+    limiter = Limiter(get_remote_address, app=app, storage_uri="memory://",
+                      default_limits=[], headers_enabled=True)
+    app.extensions["upmetr_limiter"] = limiter
+
+    app.before_request(security.expire_idle_session)
+    app.before_request(security.check_csrf)
+    app.after_request(security.add_security_headers)
+    app.jinja_env.globals["csrf_token"] = security.csrf_token
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(views.bp)
+    app.view_functions["auth.login"] = limiter.limit(
+        lambda: app.config["LOGIN_RATE_LIMIT"], methods=["POST"])(app.view_functions["auth.login"])
+
+    @app.errorhandler(429)
+    def rate_limited(error):
+        auth.self_audit("system.rate_limit", status="failure",
+                        user=(request.form.get("email") or "anonymous")[:320],
+                        reason=f"rate limit {error.description}", **{"http.route": request.path})
+        return render_template("error.html", error=error), 429
+
+    @app.errorhandler(HTTPException)
+    def http_error(error):
+        return render_template("error.html", error=error), error.code
+
+    return app

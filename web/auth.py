@@ -1,0 +1,101 @@
+"""Sign-in and sign-out, and the access rules of the audit page.
+
+Only superadmins of an organization with the ``audit_logs`` module see audit
+data, and only their own organization's: the org comes from the session
+(or the API token's owner), never from a request parameter.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
+
+from . import accounts
+
+bp = Blueprint("auth", __name__)
+
+#: One message for every failed sign-in, so it does not tell which emails exist.
+LOGIN_FAILED = "Invalid email or password."
+
+
+def client():
+    return current_app.config["STORE_CLIENT"]
+
+
+def self_audit(action: str, *, status: str = "success", user: str | None = None,
+               org: str | None = None, **kwargs) -> None:
+    """Record an event about this page itself, through the same pipeline."""
+    emit = current_app.config.get("AUDIT_EMIT")
+    if emit is None:
+        return
+    user = user or (g.user.email if g.get("user") else "anonymous")
+    org = org or (g.user.org_id if g.get("user") else "unknown")
+    emit(action, org=org, user=user, status=status, ip=request.remote_addr,
+         user_agent=request.user_agent.string[:512] or None, **kwargs)
+
+
+@bp.before_app_request
+def load_user() -> None:
+    email = session.get("user")
+    g.user = accounts.get_user(client(), email) if email else None
+    if g.user is not None and g.user.disabled:
+        session.clear()
+        g.user = None
+
+
+def login_required(view):
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if g.user is None:
+            return redirect(url_for("auth.login", next=request.full_path))
+        return view(*args, **kwargs)
+    return wrapped
+
+
+def audit_access(view):
+    """Superadmin of an org with the audit_logs module; else a 403 page that says why."""
+    @functools.wraps(view)
+    @login_required
+    def wrapped(*args, **kwargs):
+        if g.user.role != "superadmin":
+            return render_template("forbidden.html", reason="role"), 403
+        org = accounts.get_org(client(), g.user.org_id)
+        if org is None or accounts.AUDIT_MODULE not in org.modules:
+            return render_template("forbidden.html", reason="module"), 403
+        g.org = org
+        return view(*args, **kwargs)
+    return wrapped
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    error = None
+    if request.method == "POST":
+        email = request.form.get("email", "").strip().lower()[:320]
+        user = accounts.authenticate(client(), email, request.form.get("password", ""))
+        if user is None:
+            error = LOGIN_FAILED
+            known = accounts.get_user(client(), email) if email else None
+            self_audit("auth.login", status="failure", user=email or "(empty)",
+                       org=known.org_id if known else "unknown", reason="invalid credentials")
+        else:
+            session.clear()
+            session["user"] = user.email
+            session.permanent = True
+            g.user = user
+            self_audit("auth.login")
+            target = request.args.get("next", "")
+            # only local paths: no open redirect
+            if not target.startswith("/") or target.startswith("//"):
+                target = url_for("audit.index")
+            return redirect(target)
+    return render_template("login.html", error=error), (401 if error else 200)
+
+
+@bp.post("/logout")
+@login_required
+def logout():
+    self_audit("auth.logout")
+    session.clear()
+    return redirect(url_for("auth.login"))
