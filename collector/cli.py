@@ -136,7 +136,7 @@ def _embedded_token(data_dir: str) -> str:
     return token
 
 
-def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None):
+def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None, web=None):
     from .app import Collector
 
     logs.setup(log_level)
@@ -157,6 +157,14 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None)
     click.echo(f"OTLP/gRPC  {settings.otlp_grpc_addr.rsplit(':', 1)[0]}:{collector.grpc.port}")
     if settings.ingest_tokens:
         click.echo(f"send with  Authorization: Bearer {settings.ingest_tokens[0]}")
+    web_server = None
+    if web is not None:
+        try:
+            web_server = _start_web(store, collector, settings, http_url, **web)
+        except BaseException:
+            collector.shutdown()
+            store.close()
+            raise
     demo = None
     if demo_dir:
         token = settings.ingest_tokens[0] if settings.ingest_tokens else None
@@ -177,11 +185,36 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None)
     click.echo("shutting down: finishing in-flight batches")
     if demo:
         demo.stop()
+    if web_server:
+        web_server.shutdown()
     drained = collector.shutdown()
     store.close()
     click.echo("ingest     " + " ".join(f"{k}={v}" for k, v in collector.summary().items()))
     if not drained:
         raise click.ClickException("shutdown timed out before every batch was committed")
+
+
+def _start_web(store, collector, settings, http_url, *, addr, data_dir, admin_org):
+    """The audit page in this process, its own events sent to this collector."""
+    from upmetr_audit.collector.app import parse_addr
+    from upmetr_audit.shipper import AuditLogger
+    from upmetr_audit.web.server import WebServer, first_superadmin
+
+    token = settings.ingest_tokens[0] if settings.ingest_tokens else None
+    audit = AuditLogger(service_name="upmetr-audit-web", endpoint=f"{http_url}/v1/logs",
+                        spool_dir=os.path.join(data_dir, "spool", "upmetr-audit-web"),
+                        headers={"authorization": f"Bearer {token}"} if token else None)
+    host, port = parse_addr(addr)
+    server = WebServer(store.client, host, port, data_dir, audit_emit=audit.emit)
+    server.start()
+    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    click.echo(f"web        http://{shown}:{server.port}/")
+    created = first_superadmin(store.client, admin_org)
+    if created:
+        click.echo(f"login      {created[0]} / {created[1]}   (shown once; change it with "
+                   f"`upmetr-audit users set-password`)")
+    server.audit = audit
+    return server
 
 
 class _LiveDemo:
@@ -232,18 +265,22 @@ _COLLECTOR_OPTIONS = ("data_dir", "clickhouse_url", "otlp_http_addr", "otlp_grpc
 @_fail_cleanly
 def serve(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary_interval,
           log_level, web_addr, demo, **collector_opts):
-    """Run everything in one process: the OTLP receivers and the ClickHouse writer.
+    """Run everything in one process: the OTLP receivers, the ClickHouse writer
+    and the audit page.
 
     With the embedded store (the default) this is the only way to run: a chDB
     folder can be opened by one process. Without tokens it generates one into
-    the data dir and prints it. Stops cleanly on Ctrl-C or SIGTERM.
+    the data dir and prints it. On a store with no superadmin it creates one
+    and prints its one-time password. Stops cleanly on Ctrl-C or SIGTERM.
     """
     if not _tokens(ingest_tokens) and not insecure_no_auth:
         ingest_tokens = _embedded_token(data_dir)
     settings = _collector_settings(ingest_tokens, insecure_no_auth, **collector_opts)
     _run_collector(url=_resolve_url(data_dir, clickhouse_url), settings=settings,
                    log_level=log_level, summary_interval=summary_interval,
-                   demo_dir=os.path.join(data_dir, "spool", "upmetr-demo") if demo else None)
+                   demo_dir=os.path.join(data_dir, "spool", "upmetr-demo") if demo else None,
+                   web={"addr": web_addr, "data_dir": data_dir,
+                        "admin_org": "org_acme" if demo else "default"})
 
 
 @cli.command()
@@ -370,6 +407,111 @@ def ship(patterns, data_dir, ingest_tokens, ship_endpoint, ship_state_dir, ship_
         left = audit.shutdown(timeout_s=5)
     progress(agent)
     click.echo(f"stopped    {left} events left in the spool for the next run")
+
+
+# -- accounts -------------------------------------------------------------------
+
+
+def _with_store(data_dir, clickhouse_url, fn):
+    store = store_mod.open_store(_resolve_url(data_dir, clickhouse_url))
+    try:
+        store_mod.migrate(store.client)
+        return fn(store.client)
+    finally:
+        store.close()
+
+
+@cli.group()
+def users():
+    """Accounts of the audit page (argon2-hashed passwords)."""
+
+
+@users.command("create")
+@click.option("--email", required=True, envvar="UPMETR_AUDIT_EMAIL", show_envvar=True,
+              help="The sign-in email.")
+@click.option("--org", required=True, envvar="UPMETR_AUDIT_ORG", show_envvar=True,
+              help="The organization the user belongs to.")
+@click.option("--role", type=click.Choice(["superadmin", "admin", "viewer"]), required=True,
+              envvar="UPMETR_AUDIT_ROLE", show_envvar=True,
+              help="Only superadmins can view audit logs.")
+@click.option("--password", envvar="UPMETR_AUDIT_PASSWORD", show_envvar=True,
+              help="Default: a generated one, printed once.")
+@options("data_dir", "clickhouse_url")
+@_fail_cleanly
+def users_create(email, org, role, password, data_dir, clickhouse_url):
+    """Create a user."""
+    from upmetr_audit.web import accounts
+    made = _with_store(data_dir, clickhouse_url,
+                       lambda c: accounts.create_user(c, email, org, role, password))
+    click.echo(f"created {email} ({role} of {org})" + ("" if password else f"; password: {made}"))
+
+
+@users.command("list")
+@click.option("--org", default=None, envvar="UPMETR_AUDIT_ORG", show_envvar=True,
+              help="Only this organization.")
+@options("data_dir", "clickhouse_url")
+@_fail_cleanly
+def users_list(org, data_dir, clickhouse_url):
+    """List users."""
+    from upmetr_audit.web import accounts
+    for u in _with_store(data_dir, clickhouse_url, lambda c: accounts.list_users(c, org)):
+        click.echo(f"{u.email:<40} {u.org_id:<24} {u.role:<11} "
+                   f"{'disabled' if u.disabled else 'active'}")
+
+
+@users.command("set-password")
+@click.argument("email")
+@click.option("--password", envvar="UPMETR_AUDIT_PASSWORD", show_envvar=True, prompt=True,
+              hide_input=True, confirmation_prompt=True, help="The new password.")
+@options("data_dir", "clickhouse_url")
+@_fail_cleanly
+def users_set_password(email, password, data_dir, clickhouse_url):
+    """Set a user's password."""
+    from upmetr_audit.web import accounts
+    _with_store(data_dir, clickhouse_url, lambda c: accounts.set_password(c, email, password))
+    click.echo(f"password of {email} changed")
+
+
+@users.command("disable")
+@click.argument("email")
+@options("data_dir", "clickhouse_url")
+@_fail_cleanly
+def users_disable(email, data_dir, clickhouse_url):
+    """Disable a user (signed out at the next request)."""
+    from upmetr_audit.web import accounts
+    _with_store(data_dir, clickhouse_url, lambda c: accounts.set_disabled(c, email))
+    click.echo(f"{email} disabled")
+
+
+@cli.group()
+def orgs():
+    """Organizations: modules and time zone."""
+
+
+@orgs.command("set-module")
+@click.argument("org")
+@click.argument("module", type=click.Choice(["audit_logs"]))
+@click.argument("state", type=click.Choice(["on", "off"]))
+@options("data_dir", "clickhouse_url")
+@_fail_cleanly
+def orgs_set_module(org, module, state, data_dir, clickhouse_url):
+    """Turn a module on or off (audit_logs: the Enterprise audit page)."""
+    from upmetr_audit.web import accounts
+    result = _with_store(data_dir, clickhouse_url,
+                         lambda c: accounts.set_module(c, org, module, state == "on"))
+    click.echo(f"{org}: modules {', '.join(result.modules) or '(none)'}")
+
+
+@orgs.command("set-timezone")
+@click.argument("org")
+@click.argument("tz")
+@options("data_dir", "clickhouse_url")
+@_fail_cleanly
+def orgs_set_timezone(org, tz, data_dir, clickhouse_url):
+    """Set the time zone that "today" follows on the audit page (e.g. America/Sao_Paulo)."""
+    from upmetr_audit.web import accounts
+    _with_store(data_dir, clickhouse_url, lambda c: accounts.set_timezone(c, org, tz))
+    click.echo(f"{org}: time zone {tz}")
 
 
 def main() -> None:

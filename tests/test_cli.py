@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import click
 import pytest
@@ -104,7 +105,8 @@ def test_bad_listen_address_is_an_error(tmp_path, addr):
 def test_serve_demo_end_to_end_then_lock_then_clean_shutdown(tmp_path):
     proc = subprocess.Popen(
         [EXE, "serve", "--demo", "--data-dir", str(tmp_path), "--otlp-http-addr", "127.0.0.1:0",
-         "--otlp-grpc-addr", "127.0.0.1:0", "--summary-interval", "0.2"],
+         "--otlp-grpc-addr", "127.0.0.1:0", "--web-addr", "127.0.0.1:0",
+         "--summary-interval", "0.2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killer = threading.Timer(120, proc.kill)
     killer.start()
@@ -118,6 +120,11 @@ def test_serve_demo_end_to_end_then_lock_then_clean_shutdown(tmp_path):
         out = "".join(seen)
         assert re.search(r"OTLP/HTTP  http://127\.0\.0\.1:\d+/v1/logs", out), out
         assert "send with  Authorization: Bearer " in out
+        web = re.search(r"web        (http://localhost:\d+/)", out).group(1)
+        login = re.search(r"login      (\S+) / (\S+)   \(shown once", out)
+        assert login.group(1) == "superadmin@upmetr.local" and len(login.group(2)) >= 10
+        page = urllib.request.urlopen(web + "login", timeout=30)
+        assert page.status == 200 and b"Sign in" in page.read()
         token_file = tmp_path / "ingest-token"
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
 

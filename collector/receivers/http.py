@@ -7,14 +7,13 @@ deflate-compressed), ``GET /metrics``, ``/healthz`` and ``/readyz``.
 from __future__ import annotations
 
 import logging
-import threading
 import zlib
 
-import waitress.server
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import otlp
 from ..pipeline import ExportFailed, QueueFull
+from ..wsgi import ThreadedServer
 
 log = logging.getLogger(__name__)
 
@@ -136,39 +135,19 @@ class OTLPHttpApp:
                            f"request body exceeds {self.max_body} bytes after decompression")
 
 
-class HttpReceiver:
+class HttpReceiver(ThreadedServer):
     """Serves :class:`OTLPHttpApp` on ``host:port`` with waitress, in a thread."""
 
     def __init__(self, collector, host: str, port: int, threads: int = 8):
-        self.server = waitress.server.create_server(
-            OTLPHttpApp(collector), host=host, port=port, threads=threads,
-            max_request_body_size=collector.settings.max_body_bytes + 1,
-            ident="upmetr-audit", clear_untrusted_proxy_headers=True,
+        max_body = collector.settings.max_body_bytes
+        super().__init__(
+            OTLPHttpApp(collector), host, port, name="otlp-http", threads=threads,
+            max_request_body_size=max_body + 1, clear_untrusted_proxy_headers=True,
             # Read big OTLP bodies in large chunks and keep them in memory:
             # waitress's defaults (8 KiB reads, spill to a temp file past
             # 512 KiB) cost more CPU than decoding the body.
-            recv_bytes=256 * 1024, inbuf_overflow=collector.settings.max_body_bytes + 1,
+            recv_bytes=256 * 1024, inbuf_overflow=max_body + 1,
         )
-        self.port = self.server.effective_port
-        self._thread = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.server.run, name="otlp-http", daemon=True)
-        self._thread.start()
-
-    def _close_all(self) -> None:
-        for channel in list(self.server._map.values()):
-            if channel is not self.server and channel is not self.server.trigger:
-                channel.close()
-        self.server.close()  # the listening socket and the trigger
-
-    def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Finish running requests, then close the socket and every connection."""
-        self.server.task_dispatcher.shutdown(timeout=timeout_s)
-        # Close from inside the server's own loop thread, which then exits at once.
-        self.server.trigger.pull_trigger(self._close_all)
-        if self._thread is not None:
-            self._thread.join(timeout_s)
 
 
 __all__ = ["HttpReceiver", "OTLPHttpApp"]
