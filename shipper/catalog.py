@@ -54,7 +54,7 @@ def _category(cid: str, label: str, *actions: tuple) -> Category:
 CATEGORIES: tuple[Category, ...] = (
     _category(
         "auth", "Authentication",
-        ("login", "Login (failure = failed login attempt)", None, True),
+        ("login", "Login", None, True),
         ("logout", "Logout", None, False),
         ("password_change", "Password change", None, True),
     ),
@@ -69,7 +69,7 @@ CATEGORIES: tuple[Category, ...] = (
     _category(
         "magic_link", "Magic Link",
         ("send", "Magic link sent", None, True),
-        ("verify", "Magic link verification (failure = failed)", None, True),
+        ("verify", "Magic link verification", None, True),
     ),
     _category(
         "team", "Team Management",

@@ -1,6 +1,6 @@
 """Generate ``helpers.py``, the typed helpers, from the catalog.
 
-Run ``python -m upmetr_audit.shipper.codegen > shipper/helpers.py`` after
+Run ``python -m upmetr_audit.shipper.codegen > /tmp/h.py && mv /tmp/h.py shipper/helpers.py`` after
 changing the catalog; ``tests/test_shipper_api.py`` fails while the committed
 file differs from a fresh rendering.
 """

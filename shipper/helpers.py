@@ -22,7 +22,7 @@ class AuthEvents(_Category):
     def login(self, *, org: str, user: str, status: Status, ip: str | None = None,
             reason: str | None = None, changes: Any = None, timestamp: Any = None,
             **attributes: Any) -> str:
-        """Login (failure = failed login attempt) (``upmetr.audit.auth.login``). Returns the event id."""
+        """Login (``upmetr.audit.auth.login``). Returns the event id."""
         return self._logger.emit("auth.login", org=org, user=user, status=status,
                                  ip=ip, reason=reason, changes=changes, timestamp=timestamp,
                                  **attributes)
@@ -102,7 +102,7 @@ class MagicLinkEvents(_Category):
     def verify(self, *, org: str, user: str, status: Status, ip: str | None = None,
             reason: str | None = None, changes: Any = None, timestamp: Any = None,
             **attributes: Any) -> str:
-        """Magic link verification (failure = failed) (``upmetr.audit.magic_link.verify``). Returns the event id."""
+        """Magic link verification (``upmetr.audit.magic_link.verify``). Returns the event id."""
         return self._logger.emit("magic_link.verify", org=org, user=user, status=status,
                                  ip=ip, reason=reason, changes=changes, timestamp=timestamp,
                                  **attributes)

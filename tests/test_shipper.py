@@ -189,7 +189,7 @@ def test_committed_helpers_equal_a_fresh_rendering_of_the_catalog():
 
     from upmetr_audit.shipper import codegen
     committed = (pathlib.Path(__file__).parent.parent / "shipper" / "helpers.py").read_text()
-    assert committed == codegen.render(), "run: python -m upmetr_audit.shipper.codegen > shipper/helpers.py"
+    assert committed == codegen.render(), "regenerate it: see shipper/codegen.py"
 
 
 @pytest.mark.parametrize("action", list(ACTIONS))

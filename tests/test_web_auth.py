@@ -57,10 +57,10 @@ def events(store, audit_logger, action):
 def test_superadmin_signs_in_and_sees_the_page(app, store, audit_logger):
     client = app.test_client()
     r = login(client, "root@acme.test")
-    assert r.status_code == 302 and r.headers["Location"] == "/"
+    assert r.status_code == 302 and r.headers["Location"] == "/audit"
     cookie = r.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
-    assert client.get("/").status_code == 200
+    assert client.get("/audit").status_code == 200
     assert events(store, audit_logger, "auth.login") == [("root@acme.test", "success", "acme", "")]
 
 
@@ -78,7 +78,7 @@ def test_failed_sign_in_has_one_message_and_is_audited(app, store, audit_logger,
 def test_admin_and_viewer_get_403_saying_why(app, email):
     client = app.test_client()
     login(client, email)
-    r = client.get("/")
+    r = client.get("/audit")
     assert r.status_code == 403
     assert "Only Superadmins can view audit logs; ask your organization's Superadmin" in \
         r.get_data(as_text=True)
@@ -87,12 +87,12 @@ def test_admin_and_viewer_get_403_saying_why(app, email):
 def test_module_gate_explains_the_enterprise_module(app, store):
     client = app.test_client()
     login(client, "root@globex.test")  # globex has no audit_logs module
-    r = client.get("/")
+    r = client.get("/audit")
     assert r.status_code == 403 and "audit_logs" in r.get_data(as_text=True)
     accounts.set_module(store.client, "globex", accounts.AUDIT_MODULE, True)
-    assert client.get("/").status_code == 200
+    assert client.get("/audit").status_code == 200
     accounts.set_module(store.client, "globex", accounts.AUDIT_MODULE, False)
-    assert client.get("/").status_code == 403
+    assert client.get("/audit").status_code == 403
 
 
 def test_post_without_csrf_token_is_refused(app):
@@ -107,15 +107,15 @@ def test_sign_out_needs_post_with_csrf_and_is_audited(app, store, audit_logger):
     login(client, "root@acme.test")
     assert client.get("/logout").status_code == 405
     assert client.post("/logout").status_code == 400
-    r = client.post("/logout", data={"csrf_token": csrf(client, "/")})
+    r = client.post("/logout", data={"csrf_token": csrf(client, "/audit")})
     assert r.status_code == 302
-    assert client.get("/").status_code == 302  # signed out
+    assert client.get("/audit").status_code == 302  # signed out
     assert events(store, audit_logger, "auth.logout") == [("root@acme.test", "success", "acme", "")]
 
 
-@pytest.mark.parametrize("target,expected", [("/?status=failure", "/?status=failure"),
-                                             ("//evil.example/x", "/"),
-                                             ("https://evil.example/", "/")])
+@pytest.mark.parametrize("target,expected", [("/audit?status=failure", "/audit?status=failure"),
+                                             ("//evil.example/x", "/audit"),
+                                             ("https://evil.example/", "/audit")])
 def test_next_parameter_cannot_redirect_off_site(app, target, expected):
     r = login(app.test_client(), "root@acme.test", query=f"?next={target}")
     assert r.headers["Location"] == expected
@@ -134,7 +134,7 @@ def test_disabled_user_cannot_sign_in_and_is_signed_out(app, store):
     client = app.test_client()
     login(client, "root@acme.test")
     accounts.set_disabled(store.client, "root@acme.test")
-    assert client.get("/").status_code == 302
+    assert client.get("/audit").status_code == 302
     assert login(client, "root@acme.test").status_code == 401
 
 
@@ -142,9 +142,9 @@ def test_idle_session_expires(app):
     app.config["SESSION_IDLE_SECONDS"] = 0.2
     client = app.test_client()
     login(client, "root@acme.test")
-    assert client.get("/").status_code == 200
+    assert client.get("/audit").status_code == 200
     time.sleep(0.3)  # the idle timeout itself is what is under test
-    assert client.get("/").status_code == 302
+    assert client.get("/audit").status_code == 302
 
 
 def test_sign_in_rate_limit_answers_429_and_is_audited(app, store, audit_logger):

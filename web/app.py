@@ -40,6 +40,7 @@ def create_app(config: dict) -> Flask:
     app.jinja_env.globals["csrf_token"] = security.csrf_token
     app.register_blueprint(auth.bp)
     app.register_blueprint(views.bp)
+    app.register_blueprint(views.api)
     app.view_functions["auth.login"] = limiter.limit(
         lambda: app.config["LOGIN_RATE_LIMIT"], methods=["POST"])(app.view_functions["auth.login"])
 
