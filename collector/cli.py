@@ -484,6 +484,23 @@ def users_disable(email, data_dir, clickhouse_url):
 
 
 @cli.group()
+def tokens():
+    """Personal API tokens for superadmins (sent as Authorization: Bearer ...)."""
+
+
+@tokens.command("create")
+@click.option("--user", "email", required=True, envvar="UPMETR_AUDIT_EMAIL", show_envvar=True,
+              help="The superadmin the token acts as.")
+@options("data_dir", "clickhouse_url")
+@_fail_cleanly
+def tokens_create(email, data_dir, clickhouse_url):
+    """Create a token; it is printed once (only its SHA-256 is stored)."""
+    from upmetr_audit.web import accounts
+    token = _with_store(data_dir, clickhouse_url, lambda c: accounts.create_token(c, email))
+    click.echo(token)
+
+
+@cli.group()
 def orgs():
     """Organizations: modules and time zone."""
 

@@ -234,6 +234,18 @@ CREATE TABLE IF NOT EXISTS {USERS_TABLE} (
 ) ENGINE = ReplacingMergeTree(version) ORDER BY email"""
 
 
+TOKENS_TABLE = f"{DATABASE}.api_tokens"
+
+_TOKENS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {TOKENS_TABLE} (
+    token_sha256 FixedString(64),
+    email String,
+    created_at DateTime64(6, 'UTC'),
+    revoked Bool,
+    version UInt64
+) ENGINE = ReplacingMergeTree(version) ORDER BY token_sha256"""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -251,6 +263,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _rejects_mv_ddl(),
     )),
     Migration(2, "accounts of the audit page: orgs and users", (_ORGS_DDL, _USERS_DDL)),
+    Migration(3, "personal API tokens (stored as SHA-256)", (_TOKENS_DDL,)),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -81,7 +81,7 @@ def test_migrate_then_check_reports_version_and_retention(tmp_path):
     r = runner.invoke(cli, ["db", "check", "--data-dir", str(tmp_path)])
     assert r.exit_code == 1 and "db migrate" in r.output
     r = runner.invoke(cli, ["db", "migrate", "--data-dir", str(tmp_path)])
-    assert r.exit_code == 0 and "applied migrations 1, 2" in r.output
+    assert r.exit_code == 0 and "applied migrations 1, 2, 3" in r.output
     r = runner.invoke(cli, ["db", "migrate", "--data-dir", str(tmp_path)])
     assert "up to date" in r.output
     r = runner.invoke(cli, ["db", "check", "--data-dir", str(tmp_path)])

@@ -170,3 +170,18 @@ def test_secret_key_is_required():
 def test_bad_account_data_is_refused(store, kwargs, message):
     with pytest.raises(accounts.AccountError, match=message):
         accounts.create_user(store.client, **kwargs)
+
+
+def test_personal_api_token_reads_the_api_only(app, store):
+    token = accounts.create_token(store.client, "root@acme.test")
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {token}"}
+    r = client.get("/api/v1/summary", headers=auth)
+    assert r.status_code == 200 and "total_events" in r.get_json()
+    assert client.get("/audit", headers=auth).status_code == 302  # not a browser session
+    bad = client.get("/api/v1/summary", headers={"Authorization": f"Bearer {token[:-1]}x"})
+    assert bad.status_code == 401 and bad.get_json()["error"]["field"] == "authorization"
+    with pytest.raises(accounts.AccountError, match="for superadmins"):
+        accounts.create_token(store.client, "admin@acme.test")
+    accounts.set_disabled(store.client, "root@acme.test")
+    assert client.get("/api/v1/summary", headers=auth).status_code == 401

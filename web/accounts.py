@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -156,3 +159,43 @@ def set_timezone(client, org_id: str, tz: str) -> Org:
     org = Org(org.org_id, tz, org.modules)
     save_org(client, org)
     return org
+
+
+# -- personal API tokens ---------------------------------------------------------
+
+TOKEN_PREFIX = "uat_"
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(client, email: str) -> str:
+    """A new API token for a superadmin; only its SHA-256 is stored."""
+    user = get_user(client, email)
+    if user is None or user.disabled:
+        raise AccountError(f"no active user {email}")
+    if user.role != "superadmin":
+        raise AccountError("API tokens are for superadmins (only they can read audit logs)")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    client.insert(schema.TOKENS_TABLE, [[_token_hash(token), user.email, dt.datetime.now(dt.UTC),
+                                         False, _version()]],
+                  column_names=["token_sha256", "email", "created_at", "revoked", "version"])
+    return token
+
+
+def user_for_token(client, token: str) -> User | None:
+    """The active user owning ``token``, or None. The lookup is by SHA-256, so
+    the stored value never meets the presented one in a comparison that leaks
+    timing; the final check is constant-time too."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+        return None
+    digest = _token_hash(token)
+    rows = client.query(
+        f"SELECT toString(token_sha256), email FROM {schema.TOKENS_TABLE} FINAL "
+        "WHERE token_sha256 = {h:FixedString(64)} AND NOT revoked",
+        parameters={"h": digest}).result_rows
+    if not rows or not hmac.compare_digest(str(rows[0][0]), digest):
+        return None
+    user = get_user(client, rows[0][1])
+    return user if user and not user.disabled else None

@@ -17,6 +17,9 @@ bp = Blueprint("auth", __name__)
 
 #: One message for every failed sign-in, so it does not tell which emails exist.
 LOGIN_FAILED = "Invalid email or password."
+ROLE_MESSAGE = "Only Superadmins can view audit logs; ask your organization's Superadmin."
+MODULE_MESSAGE = ("Audit logs require the audit_logs module, part of the Enterprise plan; "
+                  "ask your organization's Superadmin to enable it.")
 
 
 def client():
@@ -37,6 +40,15 @@ def self_audit(action: str, *, status: str = "success", user: str | None = None,
 
 @bp.before_app_request
 def load_user() -> None:
+    """The user of the session, or of a personal API token (``Authorization:
+    Bearer uat_...``, API only)."""
+    g.via_token = False
+    if request.authorization and request.authorization.type == "bearer":
+        g.user = None
+        if request.path.startswith("/api/"):
+            g.user = accounts.user_for_token(client(), request.authorization.token or "")
+            g.via_token = g.user is not None
+        return
     email = session.get("user")
     g.user = accounts.get_user(client(), email) if email else None
     if g.user is not None and g.user.disabled:
@@ -48,6 +60,9 @@ def login_required(view):
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
         if g.user is None:
+            if request.path.startswith("/api/"):
+                return {"ok": False, "error": {"field": "authorization",
+                                               "message": "sign in or send a bearer API token"}}, 401
             return redirect(url_for("auth.login", next=request.full_path))
         return view(*args, **kwargs)
     return wrapped
@@ -58,10 +73,15 @@ def audit_access(view):
     @functools.wraps(view)
     @login_required
     def wrapped(*args, **kwargs):
+        api = request.path.startswith("/api/")
         if g.user.role != "superadmin":
+            if api:
+                return {"ok": False, "error": {"field": "role", "message": ROLE_MESSAGE}}, 403
             return render_template("forbidden.html", reason="role"), 403
         org = accounts.get_org(client(), g.user.org_id)
         if org is None or accounts.AUDIT_MODULE not in org.modules:
+            if api:
+                return {"ok": False, "error": {"field": "module", "message": MODULE_MESSAGE}}, 403
             return render_template("forbidden.html", reason="module"), 403
         g.org = org
         return view(*args, **kwargs)
