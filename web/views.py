@@ -105,6 +105,12 @@ def filter_error(exc):
     return _api_error(exc)
 
 
+@api.get("/openapi.json")
+def openapi_document():
+    from .openapi import document
+    return jsonify(document())
+
+
 @api.get("/summary")
 @audit_access
 def summary():
