@@ -469,11 +469,14 @@ def day_bounds(now: datetime, tz: str) -> tuple[datetime, datetime]:
 
 
 def summary(client, org_id: str, tz: str = "UTC", now: datetime | None = None) -> dict:
-    """The cards. Windows of "24h" are (now − 24h, now]; "today" is the calendar
-    day of ``now`` in ``tz``. The failed-login baseline is the median of the
-    previous 7 such 24h windows (now − 48h … now − 8d); the card is flagged
+    """The cards, for the org. "24h" is the window (now − 24h, now]; "today" is
+    the calendar day of ``now`` in ``tz`` (an event stamped later today counts).
+    Logins are ``auth.login`` events, failed logins those with status failure.
+    The failed-login baseline is the median over the 7 previous 24h windows
+    ((now − 48h, now − 24h] … (now − 8d, now − 7d]); the card is flagged
     (``failed_logins_elevated``) when the last 24h is above
-    ``max(2 × baseline, baseline + FAILED_LOGIN_MARGIN)``."""
+    ``max(2 × baseline, baseline + FAILED_LOGIN_MARGIN)``, so a quiet org
+    needs 6 failures and a busy one double its usual count."""
     now = _utc(now)
     today_lo, today_hi = day_bounds(now, tz)
     conds, params = _where(org_id, Filters())
@@ -482,11 +485,10 @@ def summary(client, org_id: str, tz: str = "UTC", now: datetime | None = None) -
     now_us = _micros(now)
     lo = min(now_us - (BASELINE_DAYS + 1) * _DAY_US, _micros(today_lo))
     hi = max(now_us + 1, _micros(today_hi))
-    row = client.query(_SUMMARY_SQL, parameters={
+    (row,) = client.query(_SUMMARY_SQL, parameters={
         "org": org_id, "now": now_us, "lo": lo, "hi": hi,
         "today_lo": _micros(today_lo), "today_hi": _micros(today_hi),
     }).named_results()
-    row = next(iter(row))
     baseline = statistics.median(row[f"failed_{k}"] for k in range(1, BASELINE_DAYS + 1))
     threshold = max(2 * baseline, baseline + FAILED_LOGIN_MARGIN)
     return {
@@ -513,7 +515,7 @@ BUCKET_STEPS = (60, 300, 900, 1800, 3600, 7200, 10800, 21600, 43200,
 
 
 def bucket_seconds(span: timedelta, buckets: int = DEFAULT_BUCKETS) -> int:
-    seconds = max(span.total_seconds(), 1)
+    seconds, buckets = max(span.total_seconds(), 1), max(buckets, 1)
     for step in BUCKET_STEPS:
         if seconds / step <= buckets:
             return step
@@ -574,12 +576,15 @@ def iter_export(client, org_id: str, filters: Filters, format: str,
     ``per_page`` and ``cursor`` are ignored. Each chunk is one keyset query of
     ``chunk_rows`` rows, so memory stays flat however many rows match. The
     format is checked here, before the first chunk, so a view can answer 400.
+    CSV has a header row and RFC 4180 quoting, and a cell starting with
+    ``= + - @``, tab or CR gets a leading ``'`` (spreadsheet formula
+    injection); NDJSON carries the values unchanged, one event per line.
     """
     if format not in EXPORT_FORMATS:
         raise FilterError("format", "must be csv or ndjson")
     _where(org_id, filters)  # fail now on a bad org, not mid-stream
     encode = _csv_chunk if format == "csv" else _ndjson_chunk
-    header = _csv_chunk([dict(zip(EVENT_FIELDS, EVENT_FIELDS, strict=True))]) if format == "csv" else b""
+    header = _csv_lines([EVENT_FIELDS]) if format == "csv" else b""
     return _export(client, org_id, replace(filters, cursor=None), encode, header, chunk_rows)
 
 
@@ -602,12 +607,14 @@ def csv_cell(value) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
-def _csv_chunk(events: list[dict]) -> bytes:
+def _csv_lines(rows) -> bytes:
     buf = io.StringIO()
-    writer = csv.writer(buf)
-    for event in events:
-        writer.writerow([csv_cell(event[k]) for k in EVENT_FIELDS])
+    csv.writer(buf).writerows(rows)
     return buf.getvalue().encode("utf-8")
+
+
+def _csv_chunk(events: list[dict]) -> bytes:
+    return _csv_lines([csv_cell(event[k]) for k in EVENT_FIELDS] for event in events)
 
 
 def _ndjson_chunk(events: list[dict]) -> bytes:
