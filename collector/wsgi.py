@@ -10,8 +10,11 @@ import waitress.server
 
 class ThreadedServer:
     def __init__(self, app, host: str, port: int, *, name: str, threads: int = 8, **adjustments):
+        # poll(), not select(): select() fails on descriptors above 1023, which a
+        # long-running process with an embedded ClickHouse reaches.
         self.server = waitress.server.create_server(app, host=host, port=port, threads=threads,
-                                                    ident="upmetr-audit", **adjustments)
+                                                    ident="upmetr-audit", asyncore_use_poll=True,
+                                                    **adjustments)
         self.port = int(self.server.effective_port)
         self._thread = threading.Thread(target=self.server.run, name=name, daemon=True)
 
