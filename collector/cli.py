@@ -409,6 +409,41 @@ def ship(patterns, data_dir, ingest_tokens, ship_endpoint, ship_state_dir, ship_
     click.echo(f"stopped    {left} events left in the spool for the next run")
 
 
+@cli.command()
+@options("data_dir", "clickhouse_url", "web_addr", "otlp_http_addr", "ingest_tokens", "log_level")
+@_fail_cleanly
+def web(data_dir, clickhouse_url, web_addr, otlp_http_addr, ingest_tokens, log_level):
+    """Run only the audit page, for server mode (a ClickHouse server URL).
+
+    Its own events (sign-ins, views, exports) go to the collector at
+    --otlp-http-addr through the shipper.
+    """
+    from upmetr_audit.collector.app import parse_addr
+    from upmetr_audit.shipper import AuditLogger
+    from upmetr_audit.web.server import WebServer
+
+    logs.setup(log_level)
+    store = store_mod.open_store(_resolve_url(data_dir, clickhouse_url))
+    token = (_tokens(ingest_tokens) or (None,))[0]
+    audit = AuditLogger(service_name="upmetr-audit-web", endpoint=f"http://{otlp_http_addr}/v1/logs",
+                        spool_dir=os.path.join(data_dir, "spool", "upmetr-audit-web"),
+                        headers={"authorization": f"Bearer {token}"} if token else None)
+    try:
+        store_mod.require_current_schema(store.client)
+        host, port = parse_addr(web_addr)
+        server = WebServer(store.client, host, port, data_dir, audit_emit=audit.emit)
+        server.start()
+        click.echo(f"web        http://{host}:{server.port}/")
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        server.shutdown()
+    finally:
+        audit.shutdown(timeout_s=5)
+        store.close()
+
+
 # -- accounts -------------------------------------------------------------------
 
 

@@ -185,3 +185,11 @@ def test_personal_api_token_reads_the_api_only(app, store):
         accounts.create_token(store.client, "admin@acme.test")
     accounts.set_disabled(store.client, "root@acme.test")
     assert client.get("/api/v1/summary", headers=auth).status_code == 401
+
+
+def test_api_rate_limit_answers_429(app):
+    app.config["API_RATE_LIMIT"] = "2 per minute"
+    client = app.test_client()
+    login(client, "root@acme.test")
+    codes = [client.get("/api/v1/summary").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]

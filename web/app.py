@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Flask, render_template, request
+from flask import Flask, g, render_template, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
@@ -27,6 +27,7 @@ def create_app(config: dict) -> Flask:
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
         MAX_CONTENT_LENGTH=64 * 1024,
         LOGIN_RATE_LIMIT="10 per minute",
+        API_RATE_LIMIT="300 per minute",
     )
     app.config.update(config)
 
@@ -41,14 +42,19 @@ def create_app(config: dict) -> Flask:
     app.register_blueprint(auth.bp)
     app.register_blueprint(views.bp)
     app.register_blueprint(views.api)
+    limiter.limit(lambda: app.config["API_RATE_LIMIT"])(views.api)
     app.view_functions["auth.login"] = limiter.limit(
         lambda: app.config["LOGIN_RATE_LIMIT"], methods=["POST"])(app.view_functions["auth.login"])
 
     @app.errorhandler(429)
     def rate_limited(error):
+        signed_in = g.get("user")
         auth.self_audit("system.rate_limit", status="failure",
-                        user=(request.form.get("email") or "anonymous")[:320],
+                        user=None if signed_in else (request.form.get("email") or "anonymous")[:320],
                         reason=f"rate limit {error.description}", **{"http.route": request.path})
+        if request.path.startswith("/api/"):
+            return {"ok": False, "error": {"field": "rate_limit",
+                                           "message": f"too many requests ({error.description})"}}, 429
         return render_template("error.html", error=error), 429
 
     @app.errorhandler(HTTPException)
