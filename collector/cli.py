@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
 import signal
 import threading
 
 import click
 
-from . import logs, schema
+from . import logs, schema, secret
 from . import store as store_mod
 from .errors import UpmetrAuditError
 from .settings import SETTINGS, default_map_for, load_config, options
@@ -120,20 +119,7 @@ def _tokens(ingest_tokens: str) -> tuple[str, ...]:
 
 def _embedded_token(data_dir: str) -> str:
     """The token ``serve`` generates into the data dir on first start (mode 0600)."""
-    path = os.path.join(data_dir, "ingest-token")
-    try:
-        with open(path) as f:
-            token = f.read().strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
-    os.makedirs(data_dir, exist_ok=True)
-    token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
+    return secret.read_or_create(os.path.join(data_dir, "ingest-token"), 24)
 
 
 def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None, web=None):

@@ -4,8 +4,8 @@ in a thread of the process that owns the store."""
 from __future__ import annotations
 
 import os
-import secrets
 
+from upmetr_audit.collector import secret
 from upmetr_audit.collector.wsgi import ThreadedServer
 
 from . import accounts
@@ -16,20 +16,8 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def secret_key(data_dir: str) -> str:
     """``UPMETR_AUDIT_SECRET_KEY``, else a key generated once into the data dir (0600)."""
-    key = os.environ.get("UPMETR_AUDIT_SECRET_KEY", "")
-    if key:
-        return key
-    path = os.path.join(data_dir, "web-secret")
-    try:
-        with open(path) as f:
-            key = f.read().strip()
-    except FileNotFoundError:
-        os.makedirs(data_dir, exist_ok=True)
-        key = secrets.token_urlsafe(48)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-    return key
+    return os.environ.get("UPMETR_AUDIT_SECRET_KEY") or secret.read_or_create(
+        os.path.join(data_dir, "web-secret"), 48)
 
 
 def first_superadmin(client, org_id: str) -> tuple[str, str] | None:
