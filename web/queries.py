@@ -7,7 +7,7 @@ Parameterization
 ----------------
 Every SQL text here is a constant assembled from fixed fragments. Every value
 from a request, and the org id, is sent in ``parameters=`` and bound
-server-side through a typed ``{name:Type}`` placeholder: ClickHouse parses it
+server-side through a typed ``{name:Type}`` parameter: ClickHouse parses it
 as a value of that type, never as SQL. Instants travel as ``Int64``
 microseconds (``fromUnixTimestamp64Micro``), so no timezone is guessed on the
 way. The org is never a filter: it is the ``org_id`` argument of each function
