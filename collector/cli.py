@@ -126,6 +126,10 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None,
     from .app import Collector
 
     logs.setup(log_level)
+    # Handlers first: a SIGTERM during start-up still means a graceful stop.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     if settings.insecure_no_auth and not settings.ingest_tokens:
         click.secho("WARNING: --insecure-no-auth: anyone who can reach the OTLP ports can "
                     "write audit records", fg="yellow", err=True)
@@ -159,9 +163,6 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None,
         click.echo("demo       live audit traffic through the shipper"
                    + (f", after {backfill} days of history" if backfill else ""))
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     last = None
     while not stop.wait(summary_interval or None):
         now = collector.summary()
