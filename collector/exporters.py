@@ -1,8 +1,9 @@
 """Exporters: the ClickHouse exporter commits rows to ``audit.audit_ingest``.
 
 It de-duplicates first. The idempotency key is the event id
-(``log.record.uid``): a record whose id is already stored for its org, or
-that appears twice in one group, is acknowledged without being written again.
+(``log.record.uid``), whatever the org: a record whose id is already stored
+(with a timestamp in the group's time range: a retry carries the same record),
+or that appears twice in one group, is acknowledged without being written again.
 The exporter is driven by one writer thread (see ``pipeline``), so the check
 and the insert cannot race with each other inside one collector.
 """
@@ -15,7 +16,7 @@ from . import schema
 from .metrics import Metrics
 from .processors import Batch
 
-#: Event ids per de-duplication query: 5000 × 37 bytes make a query of about 185 KB.
+#: Event ids per de-duplication query (one string parameter of 5000 × 37 bytes).
 _IDS_PER_QUERY = 5000
 
 
