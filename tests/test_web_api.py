@@ -159,3 +159,28 @@ def test_openapi_parameters_are_exactly_the_filters(app):
     from upmetr_audit.web.queries import Filters
     documented = {name for name, _, _ in FILTER_PARAMETERS}
     assert documented == {f.name for f in fields(Filters)}
+
+
+def test_the_form_has_every_filter_and_they_narrow_the_page(app, store):
+    seed(store, [{"attrs": audit_attrs(**{"upmetr.org.id": "acme", "user.email": "r@acme.test",
+                                          "upmetr.resource.type": "monitor",
+                                          "upmetr.resource.id": f"mon-{i}"})} for i in range(3)])
+    client = signed_in(app, "root@acme.test")
+    page = client.get("/audit").get_data(as_text=True)
+    for name, kind in [("since", "datetime-local"), ("until", "datetime-local"), ("category", None),
+                       ("resource_type", None), ("resource_id", None)]:
+        field_id = re.search(rf'<(?:input|select) id="([^"]+)" name="{name}"'
+                             + (rf' type="{kind}"' if kind else ""), page).group(1)
+        assert f'<label for="{field_id}">' in page
+    assert '<option value="auth" >' in page and "(UTC" in page
+    narrowed = client.get("/audit?resource_type=monitor&resource_id=mon-1").get_data(as_text=True)
+    assert narrowed.count("<code>mon-") == 1 and 'value="mon-1"' in narrowed
+    assert client.get("/audit?category=auth&resource_id=mon-1").get_data(as_text=True).count(
+        "<code>mon-") == 1
+    assert "No audit events match" in client.get("/audit?category=monitor").get_data(as_text=True)
+    future = client.get("/audit?since=2200-01-01T00:00").get_data(as_text=True)
+    assert "No audit events match" in future and 'value="2200-01-01T00:00:00"' in future
+    past = client.get("/audit?until=2000-01-01T00:00:00&resource_id=mon-2").get_data(as_text=True)
+    assert "No audit events match" in past
+    assert client.get("/audit?since=2000-01-01T00:00&resource_id=mon-2").get_data(
+        as_text=True).count("<code>mon-") == 1

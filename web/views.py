@@ -66,7 +66,8 @@ def index():
         cards=queries.summary(client(), org, tz=g.org.timezone),
         series=queries.timeseries(client(), org, filters),
         links=_page_links(filters, page.next_cursor),
-        action_options=queries.action_options(), per_page_choices=queries.PER_PAGE_CHOICES,
+        action_options=queries.action_options(), category_options=queries.category_options(),
+        per_page_choices=queries.PER_PAGE_CHOICES,
     ), status
 
 
