@@ -114,6 +114,9 @@ def test_cards_filters_paging_detail_export_in_the_browser(web, page, store):
     assert page.locator("[data-card=logins]").inner_text() == "40"
     assert page.locator("[data-card=failed]").inner_text() == "12"
     assert rows(page).count() == 25
+    page.wait_for_load_state("domcontentloaded")  # deferred app.js has run
+    stamp = rows(page).first.locator("time")  # app.js: the local time as a tooltip
+    assert stamp.get_attribute("title") not in ("", stamp.get_attribute("datetime"))
     shot(page, "audit-page")
 
     # choose an action and a status
