@@ -31,7 +31,9 @@ def test_wheel_has_only_the_upmetr_audit_namespace(wheel):
     assert {t for t in top if not t.endswith(".dist-info")} == {"upmetr_audit"}
     for module in ("upmetr_audit/collector/cli.py", "upmetr_audit/shipper/catalog.py",
                    "upmetr_audit/collector/receivers/http.py", "upmetr_audit/web/app.py",
-                   "upmetr_audit/web/templates/base.html", "upmetr_audit/web/static/app.css"):
+                   "upmetr_audit/web/templates/base.html", "upmetr_audit/web/static/app.css",
+                   "upmetr_audit/web/static/vendor/uplot/uPlot.iife.min.js",
+                   "upmetr_audit/web/static/vendor/uplot/LICENSE"):
         assert module in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "upmetr-audit = upmetr_audit.collector.entry:main" in zipfile.ZipFile(wheel).read(entry).decode()
