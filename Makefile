@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-SOURCES = pyproject.toml $(shell find collector shipper -name '*.py' 2>/dev/null)
+SOURCES = pyproject.toml $(shell find collector shipper web -type f 2>/dev/null)
 
 .PHONY: run test lint bench clean
 
@@ -20,7 +20,7 @@ run: $(VENV)/.installed
 	$(BIN)/upmetr-audit serve --demo
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check collector shipper tests bench
+	$(BIN)/ruff check collector shipper web tests bench
 	$(BIN)/pytest -n auto
 
 bench: $(VENV)/.installed
