@@ -218,8 +218,7 @@ class DurableLogRecordProcessor(LogRecordProcessor):
         while not self._stopping.is_set():
             payloads, pos = self.queue.read(self.max_batch)
             if not payloads:
-                with self._idle:
-                    self._idle.notify_all()
+                self._notify_idle()
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
@@ -258,7 +257,7 @@ class DurableLogRecordProcessor(LogRecordProcessor):
                 self.stats.sent += len(payloads) if result.outcome == OK else 0
                 self.stats.pending -= len(payloads)
             self._oldest_ns = 0
-            self._after_ack()
+            self._notify_idle()
 
     def _count_dead(self, n: int) -> None:
         with self._lock:
@@ -277,7 +276,8 @@ class DurableLogRecordProcessor(LogRecordProcessor):
         log.error("collector refused part of a batch; refused records written to dead-letter",
                   extra={"rejected": result.rejected, "reason": result.message})
 
-    def _after_ack(self) -> None:
+    def _notify_idle(self) -> None:
+        """Wake ``force_flush`` waiters to look at ``stats.pending`` again."""
         with self._idle:
             self._idle.notify_all()
 

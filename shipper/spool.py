@@ -282,11 +282,6 @@ class Spool:
                 self._unlink(pos.segment)
             self._space.notify_all()
 
-    def pending_bytes(self) -> int:
-        with self._lock:
-            return self.size_bytes - self._cursor.offset if self._cursor.segment in self._sizes \
-                else self.size_bytes
-
     def close(self) -> None:
         with self._lock:
             if self._closed:
