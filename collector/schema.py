@@ -246,6 +246,39 @@ CREATE TABLE IF NOT EXISTS {TOKENS_TABLE} (
 ) ENGINE = ReplacingMergeTree(version) ORDER BY token_sha256"""
 
 
+ALERTS_TABLE = f"{DATABASE}.audit_alerts"
+
+# Spike alerts (collector/detector.py). Every state change of an alert is a new
+# row with the next version, so the table is the alert's full history; the
+# current state is the newest version (rules.CURRENT_ALERTS_SQL). Rows are
+# deterministic for one evaluation, so two detectors writing the same change
+# write the same row, and readers take one per (alert_id, version).
+_ALERTS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {ALERTS_TABLE} (
+    alert_id UUID,
+    version UInt32,
+    change Enum8('opened' = 1, 'updated' = 2, 'escalated' = 3, 'acknowledged' = 4, 'resolved' = 5),
+    changed_at DateTime64(6, 'UTC'),
+    changed_by String,
+    org_id LowCardinality(String),
+    rule LowCardinality(String),
+    key_type Enum8('user' = 1, 'ip' = 2, 'org' = 3),
+    key String,
+    state Enum8('firing' = 1, 'acknowledged' = 2, 'resolved' = 3),
+    severity Enum8('warning' = 1, 'critical' = 2, 'emergency' = 3),
+    value Float64,
+    threshold Float64,
+    failures UInt64,
+    first_seen DateTime64(6, 'UTC'),
+    last_seen DateTime64(6, 'UTC'),
+    window_start DateTime64(6, 'UTC'),
+    window_end DateTime64(6, 'UTC'),
+    last_fired_at DateTime64(6, 'UTC'),
+    samples Array(String)
+) ENGINE = MergeTree
+ORDER BY (org_id, alert_id, version)"""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -264,6 +297,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     )),
     Migration(2, "accounts of the audit page: orgs and users", (_ORGS_DDL, _USERS_DDL)),
     Migration(3, "personal API tokens (stored as SHA-256)", (_TOKENS_DDL,)),
+    Migration(4, "failed-login spike alerts and their history", (_ALERTS_DDL,)),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -278,4 +312,4 @@ CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
 BOOTSTRAP: tuple[str, ...] = (f"CREATE DATABASE IF NOT EXISTS {DATABASE}", _MIGRATIONS_DDL)
 
 #: Tables whose retention must stay indefinite: MergeTree family, no TTL.
-RETAINED_TABLES: tuple[str, ...] = ("audit_events", "audit_rejects")
+RETAINED_TABLES: tuple[str, ...] = ("audit_events", "audit_rejects", "audit_alerts")
