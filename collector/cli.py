@@ -16,7 +16,7 @@ import click
 from . import logs, schema, secret
 from . import store as store_mod
 from .errors import UpmetrAuditError
-from .settings import SETTINGS, default_map_for, load_config, options
+from .settings import ALERT_OPTIONS, SETTINGS, default_map_for, load_config, options
 
 
 def _fail_cleanly(f):
@@ -110,6 +110,59 @@ def check(data_dir, clickhouse_url):
         click.echo("retention: indefinite (MergeTree, no TTL) on " + ", ".join(schema.RETAINED_TABLES))
 
 
+@db.command("schema")
+@click.option("--cluster", default=None, help="Cluster name (remote_servers): replicated, "
+              "sharded DDL with ON CLUSTER. Without it: exactly what `db migrate` runs.")
+@click.option("--shards-by", type=click.Choice(["org"]), default="org", show_default=True,
+              help="Sharding key of the Distributed tables (with --cluster).")
+@_fail_cleanly
+def db_schema(cluster, shards_by):
+    """Print the DDL of every table, view and migration."""
+    from . import cluster as cluster_mod
+    if cluster is None:
+        click.echo(cluster_mod.render(cluster_mod.plain_statements(),
+                                      f"-- Upmetr Audit schema version {schema.LATEST_VERSION}: "
+                                      "what `upmetr-audit db migrate` runs"), nl=False)
+        return
+    statements = cluster_mod.cluster_statements(cluster)
+    click.echo(cluster_mod.render(statements, (
+        f"-- Upmetr Audit schema version {schema.LATEST_VERSION} for cluster {cluster}, "
+        f"sharded by {shards_by} (cityHash64(org_id)).\n"
+        "-- Run once on any node with clickhouse-client --multiquery (needs ClickHouse Keeper).")),
+        nl=False)
+
+
+@db.command("grants")
+@click.option("--cluster", default=None, help="Cluster name: ON CLUSTER, and grants on the "
+              "_local tables too.")
+@click.option("--apply", "apply_", is_flag=True,
+              help="Run the statements against --clickhouse-url (an admin user) instead of printing.")
+@options("clickhouse_url")
+@_fail_cleanly
+def db_grants(cluster, apply_, clickhouse_url):
+    """Print (or apply) the roles, GRANTs and users of the applications.
+
+    Passwords come from UPMETR_AUDIT_DB_PASSWORD_{COLLECTOR,WEB,SEALER,DETECTOR,GRAFANA}.
+    """
+    from . import grants
+    from .cluster import render
+    statements = grants.grant_statements(cluster)
+    if not apply_:
+        click.echo(render(statements, grants.header(cluster)), nl=False)
+        return
+    if not clickhouse_url or not clickhouse_url.startswith(("http://", "https://")):
+        raise click.ClickException("--apply needs --clickhouse-url http(s)://admin:pass@host:8123 "
+                                   "(chDB has no users or grants)")
+    store = store_mod.open_store(clickhouse_url)
+    try:
+        for stmt in statements:
+            store.client.command(stmt)
+    finally:
+        store.close()
+    click.echo(f"applied {len(statements)} statements: users "
+               + ", ".join(a.user for a in grants.APPS))
+
+
 # -- collector and serve --------------------------------------------------------
 
 
@@ -122,7 +175,8 @@ def _embedded_token(data_dir: str) -> str:
     return secret.read_or_create(os.path.join(data_dir, "ingest-token"), 24)
 
 
-def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None, web=None):
+def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None, web=None,
+                   alerting=None):
     from .app import Collector
 
     logs.setup(log_level)
@@ -155,6 +209,19 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None,
             collector.shutdown()
             store.close()
             raise
+    detector = None
+    if alerting is not None:
+        from .alerts_cli import DetectorThread, describe
+        try:
+            detector = DetectorThread(store.client, web["data_dir"], alerting)
+            detector.start()
+        except BaseException:
+            if web_server:
+                web_server.shutdown()
+            collector.shutdown()
+            store.close()
+            raise
+        click.echo("detector   " + describe(alerting))
     demo = None
     if demo_dir:
         token = settings.ingest_tokens[0] if settings.ingest_tokens else None
@@ -172,6 +239,8 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None,
     click.echo("shutting down: finishing in-flight batches")
     if demo:
         demo.stop()
+    if detector:
+        detector.stop()
     if web_server:
         web_server.shutdown()
     drained = collector.shutdown()
@@ -245,13 +314,13 @@ _COLLECTOR_OPTIONS = ("data_dir", "clickhouse_url", "otlp_http_addr", "otlp_grpc
 
 
 @cli.command()
-@options(*_COLLECTOR_OPTIONS, "web_addr")
+@options(*_COLLECTOR_OPTIONS, "web_addr", *ALERT_OPTIONS)
 @click.option("--demo", is_flag=True, envvar="UPMETR_AUDIT_DEMO", show_envvar=True,
               help="Also run demo traffic through the shipper into this collector "
                    "(7 days of history first when the store is empty).")
 @_fail_cleanly
 def serve(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary_interval,
-          log_level, web_addr, demo, **collector_opts):
+          log_level, web_addr, demo, **opts):
     """Run everything in one process: the OTLP receivers, the ClickHouse writer
     and the audit page.
 
@@ -262,12 +331,16 @@ def serve(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary_int
     """
     if not _tokens(ingest_tokens) and not insecure_no_auth:
         ingest_tokens = _embedded_token(data_dir)
-    settings = _collector_settings(ingest_tokens, insecure_no_auth, **collector_opts)
+    alerting = {k: opts.pop(k) for k in ALERT_OPTIONS}
+    from . import rules
+    rules.load(alerting["alert_rules"])     # a bad rules file fails before anything starts
+    settings = _collector_settings(ingest_tokens, insecure_no_auth, **opts)
     _run_collector(url=_resolve_url(data_dir, clickhouse_url), settings=settings,
                    log_level=log_level, summary_interval=summary_interval,
                    demo_dir=os.path.join(data_dir, "spool", "upmetr-demo") if demo else None,
                    web={"addr": web_addr, "data_dir": data_dir,
-                        "admin_org": "org_acme" if demo else "default"})
+                        "admin_org": "org_acme" if demo else "default"},
+                   alerting=alerting)
 
 
 @cli.command()
@@ -558,3 +631,8 @@ def main() -> None:
 
 
 __all__ = ["cli", "main", "SETTINGS"]
+
+
+from .alerts_cli import detect  # noqa: E402  (registers after cli is defined)
+
+cli.add_command(detect)

@@ -50,7 +50,28 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "Records the sending queue holds before clients are told to retry.", int),
     Setting("summary_interval", 5.0, "Seconds between ingest summary lines (0: none).", float),
     Setting("log_level", "INFO", "Log level of the structured logs on stderr."),
+    # Failed-login spike alerts (collector/rules.py, detector.py, notify.py).
+    Setting("alert_rules", None, "TOML file overriding the spike rules (see docs/alerts.md)."),
+    Setting("detect_interval", 60.0, "Seconds between detector runs.", float),
+    Setting("public_url", "http://localhost:8080",
+            "Base URL of the audit page, for links in notifications."),
+    Setting("alert_webhook_url", None, "POST alert notifications to this URL."),
+    Setting("alert_webhook_secret", None, "HMAC-SHA256 key of the X-Upmetr-Signature header."),
+    Setting("alert_webhook_format", "json", "Webhook body: json, or slack ({\"text\": ...}).",
+            click.Choice(["json", "slack"])),
+    Setting("smtp_host", None, "Also email alert notifications through this SMTP server."),
+    Setting("smtp_port", 25, "SMTP port.", int),
+    Setting("smtp_starttls", False, "Use STARTTLS.", bool, True),
+    Setting("smtp_user", None, "SMTP login (with the SMTP password)."),
+    Setting("smtp_password", None, "SMTP password."),
+    Setting("smtp_from", None, "Sender address of alert emails."),
+    Setting("smtp_to", None, "Comma-separated recipients of alert emails."),
 )}
+
+#: The settings of the detector and its notifications (``serve`` and ``detect``).
+ALERT_OPTIONS = ("alert_rules", "detect_interval", "public_url", "alert_webhook_url",
+                 "alert_webhook_secret", "alert_webhook_format", "smtp_host", "smtp_port",
+                 "smtp_starttls", "smtp_user", "smtp_password", "smtp_from", "smtp_to")
 
 
 def option(name: str):

@@ -120,3 +120,30 @@ def wait_for(predicate, timeout_s=20.0):
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.01)
+
+
+def insert_events(client, events) -> list[str]:
+    """Insert rows straight into ``audit.audit_events`` (scenario seeding for the
+    detector and the page). Each event is a dict of columns; ``timestamp`` is a
+    datetime, ``ip`` text; unset columns get their defaults. Returns the ids."""
+    import datetime as _dt
+    import ipaddress
+
+    from upmetr_audit.collector import schema
+
+    cols = ("event_id", "org_id", "timestamp", "received_at", "category", "action", "status",
+            "user_email", "ip")
+    rows, ids = [], []
+    for e in events:
+        ts = e["timestamp"]
+        action = e.get("action", "auth.login")
+        eid = e.get("event_id") or str(uuid.uuid4())
+        ids.append(eid)
+        ip = ipaddress.ip_address(e.get("ip", "198.51.100.1"))
+        if ip.version == 4:
+            ip = ipaddress.IPv6Address(int(ip) | 0xFFFF << 32)
+        rows.append([uuid.UUID(eid), e.get("org_id", "org-a"), ts,
+                     e.get("received_at", ts + _dt.timedelta(seconds=1)), action.split(".")[0],
+                     action, e.get("status", "failure"), e.get("user_email", "ana@example.com"), ip])
+    client.insert(schema.EVENTS_TABLE, rows, column_names=list(cols))
+    return ids
