@@ -46,7 +46,7 @@ import tempfile
 import time
 
 from upmetr_audit.collector import store as store_mod
-from upmetr_audit.collector.schema import EVENTS_TABLE
+from upmetr_audit.collector.schema import EVENT_COLUMNS_SQL, EVENTS_TABLE
 from upmetr_audit.shipper.catalog import ACTIONS
 from upmetr_audit.web import queries
 
@@ -85,7 +85,7 @@ def insert_sql(seed: int, now_us: int) -> str:
         return f"leftPad(lower(hex({h(k)})), 16, '0')"
 
     return f"""
-INSERT INTO {EVENTS_TABLE}
+INSERT INTO {EVENTS_TABLE} ({", ".join(EVENT_COLUMNS_SQL)})
 SELECT
     toUUID(concat(substring(hx, 1, 8), '-', substring(hx, 9, 4), '-4', substring(hx, 14, 3), '-',
                   arrayElement(['8', '9', 'a', 'b'], 1 + {h(1)} % 4), substring(hx, 18, 3), '-',

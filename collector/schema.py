@@ -279,6 +279,73 @@ CREATE TABLE IF NOT EXISTS {ALERTS_TABLE} (
 ORDER BY (org_id, alert_id, version)"""
 
 
+SEALS_TABLE = f"{DATABASE}.audit_seals"
+SEAL_LEAVES_TABLE = f"{DATABASE}.audit_seal_leaves"
+ERASURES_TABLE = f"{DATABASE}.audit_erasures"
+
+# Tamper evidence (collector/sealing.py, docs/integrity.md). Every event gets a
+# random 16-byte salt when it is stored; its leaf hash commits to the personal
+# fields only through SHA-256(salt, fields), so erasing a person zeroes the salt
+# (crypto-shredding) and keeps the seals verifiable. The migration fills the
+# salt of events stored before it once; never MATERIALIZE this column again:
+# that would draw new salts and break every seal.
+#: Columns of audit_events that are not event data (never shown or exported).
+INTERNAL_EVENT_COLUMNS: tuple[str, ...] = ("pii_salt",)
+
+_EVENTS_SALT = (
+    f"ALTER TABLE {EVENTS_TABLE} ADD COLUMN IF NOT EXISTS pii_salt FixedString(16) "
+    "DEFAULT randomFixedString(16) CODEC(NONE)",
+    f"ALTER TABLE {EVENTS_TABLE} MATERIALIZE COLUMN pii_salt SETTINGS mutations_sync = 2",
+    # Seals read windows of received_at; it follows timestamp closely, so a
+    # minmax index skips most granules.
+    f"ALTER TABLE {EVENTS_TABLE} ADD INDEX IF NOT EXISTS idx_received_at received_at "
+    "TYPE minmax GRANULARITY 1",
+    f"ALTER TABLE {EVENTS_TABLE} MATERIALIZE INDEX idx_received_at SETTINGS mutations_sync = 2",
+)
+
+# One row per sealed window (a rerun or a second sealer writes an identical
+# row; readers take one per (org_id, window_start, seal_hash)).
+_SEALS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SEALS_TABLE} (
+    org_id LowCardinality(String),
+    window_start DateTime64(6, 'UTC'),
+    window_end DateTime64(6, 'UTC'),
+    event_count UInt64,
+    merkle_root String,
+    leaf_version UInt8,
+    prev_seal_hash String,
+    seal_hash String,
+    key_id String,
+    signature String,
+    sealed_at DateTime64(6, 'UTC')
+) ENGINE = MergeTree
+ORDER BY (org_id, window_start)"""
+
+# The leaves of each sealed window, so that verify can name the events a
+# modified window differs in. Self-authenticating: their Merkle root must
+# equal the signed one before they are believed.
+_SEAL_LEAVES_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SEAL_LEAVES_TABLE} (
+    org_id LowCardinality(String),
+    window_start DateTime64(6, 'UTC'),
+    event_id UUID,
+    leaf FixedString(32) CODEC(NONE)
+) ENGINE = MergeTree
+ORDER BY (org_id, window_start, event_id)"""
+
+# The personal-data commitment of each erased event, kept after its salt and
+# values are gone; the list of each erasure is signed in the digest files.
+_ERASURES_DDL = f"""
+CREATE TABLE IF NOT EXISTS {ERASURES_TABLE} (
+    erasure_id String,
+    org_id LowCardinality(String),
+    event_id UUID,
+    commitment String,
+    erased_at DateTime64(6, 'UTC')
+) ENGINE = MergeTree
+ORDER BY (org_id, event_id)"""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -298,6 +365,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "accounts of the audit page: orgs and users", (_ORGS_DDL, _USERS_DDL)),
     Migration(3, "personal API tokens (stored as SHA-256)", (_TOKENS_DDL,)),
     Migration(4, "failed-login spike alerts and their history", (_ALERTS_DDL,)),
+    Migration(5, "tamper evidence: event salts, seals, seal leaves, erasures", (
+        *_EVENTS_SALT, _SEALS_DDL, _SEAL_LEAVES_DDL, _ERASURES_DDL)),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -312,4 +381,5 @@ CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
 BOOTSTRAP: tuple[str, ...] = (f"CREATE DATABASE IF NOT EXISTS {DATABASE}", _MIGRATIONS_DDL)
 
 #: Tables whose retention must stay indefinite: MergeTree family, no TTL.
-RETAINED_TABLES: tuple[str, ...] = ("audit_events", "audit_rejects", "audit_alerts")
+RETAINED_TABLES: tuple[str, ...] = ("audit_events", "audit_rejects", "audit_alerts",
+                                   "audit_seals", "audit_seal_leaves", "audit_erasures")
