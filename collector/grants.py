@@ -26,12 +26,17 @@ from . import cluster, schema
 from .errors import ConfigError
 
 DB = schema.DATABASE
+
+
+def _name(table: str) -> str:
+    return table.split(".", 1)[1]
+
+
 #: Password hashes and token hashes: only the web app (sign-in) reads them.
-ACCOUNT_TABLES = tuple(t.split(".", 1)[1] for t in (schema.USERS_TABLE, schema.TOKENS_TABLE,
-                                                       schema.ORGS_TABLE))
-INGEST = schema.INGEST_TABLE.split(".", 1)[1]
-SEALS = "audit_seals"
-ALERTS = "audit_alerts"
+ACCOUNT_TABLES = tuple(_name(t) for t in (schema.USERS_TABLE, schema.TOKENS_TABLE, schema.ORGS_TABLE))
+INGEST = _name(schema.INGEST_TABLE)
+SEALS = (_name(schema.SEALS_TABLE), _name(schema.SEAL_LEAVES_TABLE))
+ALERTS = _name(schema.ALERTS_TABLE)
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ APPS: tuple[App, ...] = (
     App("web", True, (ALERTS,),
         "the audit page: reads; its own events go through the collector; acknowledging an "
         "alert appends a state change to audit_alerts", _READ + _WRITE),
-    App("sealer", False, (SEALS,), "reads events, appends seals", _READ + _WRITE),
+    App("sealer", False, SEALS, "reads events, appends seals and their leaves", _READ + _WRITE),
     App("detector", False, (ALERTS,), "reads events, appends alert state changes", _READ + _WRITE),
     App("grafana", False, (), "dashboards: read-only, no account tables", _READ),
 )
