@@ -328,6 +328,7 @@ _SEAL_LEAVES_DDL = f"""
 CREATE TABLE IF NOT EXISTS {SEAL_LEAVES_TABLE} (
     org_id LowCardinality(String),
     window_start DateTime64(6, 'UTC'),
+    received_at DateTime64(6, 'UTC'),
     event_id UUID,
     leaf FixedString(32) CODEC(NONE)
 ) ENGINE = MergeTree
