@@ -347,6 +347,21 @@ CREATE TABLE IF NOT EXISTS {ERASURES_TABLE} (
 ORDER BY (org_id, event_id)"""
 
 
+#: Shown when a writer INSERTs into the ingest table without EventName.
+NO_EVENT_NAME_ERROR = (
+    "audit_ingest: this writer sent no EventName column (a clickhouse exporter or rotel from "
+    "before EventName support): upgrade it. The batch is refused, not stored without its name")
+
+# A writer older than EventName support INSERTs the other 15 columns; EventName
+# would default to '' and the views would silently discard every row. The
+# default is evaluated only for an INSERT that omits the column, and fails it:
+# the official Collector then keeps the batch in its persistent queue and
+# retries, logging this message, until it is upgraded.
+_INGEST_EVENT_NAME_GUARD = (
+    f"ALTER TABLE {INGEST_TABLE} MODIFY COLUMN EventName String "
+    f"DEFAULT toString(throwIf(Timestamp = Timestamp, '{NO_EVENT_NAME_ERROR}'))")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -368,6 +383,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "failed-login spike alerts and their history", (_ALERTS_DDL,)),
     Migration(5, "tamper evidence: event salts, seals, seal leaves, erasures", (
         *_EVENTS_SALT, _SEALS_DDL, _SEAL_LEAVES_DDL, _ERASURES_DDL)),
+    Migration(6, "refuse ingest writers that send no EventName", (_INGEST_EVENT_NAME_GUARD,)),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
