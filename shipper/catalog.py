@@ -132,6 +132,7 @@ CATEGORIES: tuple[Category, ...] = (
         "system", "System",
         ("api_access", "API access", None, True),
         ("rate_limit", "Rate limit hit", None, True),
+        ("alert_acknowledge", "Failed-login alert acknowledged", "security_alert", False),
     ),
 )
 

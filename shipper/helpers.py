@@ -403,6 +403,14 @@ class SystemEvents(_Category):
                                  ip=ip, reason=reason, changes=changes, timestamp=timestamp,
                                  **attributes)
 
+    def alert_acknowledge(self, *, org: str, user: str, status: Status = "success", resource: str, ip: str | None = None,
+            reason: str | None = None, changes: Any = None, timestamp: Any = None,
+            **attributes: Any) -> str:
+        """Failed-login alert acknowledged (``upmetr.audit.system.alert_acknowledge``). Returns the event id."""
+        return self._logger.emit("system.alert_acknowledge", org=org, user=user, status=status, resource=resource,
+                                 ip=ip, reason=reason, changes=changes, timestamp=timestamp,
+                                 **attributes)
+
 
 class CatalogHelpers:
     """Mixed into ``AuditLogger``: one attribute per category."""
