@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-SOURCES = pyproject.toml $(shell find collector shipper web -type f 2>/dev/null)
+SOURCES = pyproject.toml $(shell find collector shipper web dashboards -type f 2>/dev/null)
 
 .PHONY: run test lint bench clean
 
@@ -13,14 +13,14 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python $(SOURCES)
 	rm -rf build
-	$(BIN)/python -m pip install -q '.[server,dev]'
+	URLLIB3_NO_OVERRIDE=1 $(BIN)/python -m pip install -q --no-binary urllib3-future '.[server,dev,grafana]'
 	touch $@
 
 run: $(VENV)/.installed
 	$(BIN)/upmetr-audit serve --demo
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check collector shipper web tests bench
+	$(BIN)/ruff check collector shipper web dashboards tests bench
 	$(BIN)/pytest -n auto
 
 bench: $(VENV)/.installed
