@@ -636,3 +636,7 @@ __all__ = ["cli", "main", "SETTINGS"]
 from .alerts_cli import detect  # noqa: E402  (registers after cli is defined)
 
 cli.add_command(detect)
+
+from upmetr_audit.grafana.cli import grafana  # noqa: E402  (registers after cli is defined)
+
+cli.add_command(grafana)
