@@ -1,0 +1,184 @@
+"""Leaf hashes and Merkle trees of sealed windows (docs/integrity.md).
+
+One leaf per stored event: SHA-256 over a versioned, canonical serialization
+of its stored fields. The personal fields enter only through a salted
+commitment, so that erasing a person (zeroing the salt, pseudonymizing the
+values) leaves the leaf, and so every seal, verifiable.
+
+Canonical serialization, leaf version 1 (``ns`` is a netstring:
+``<byte length>:<UTF-8 bytes>,``)::
+
+    commitment = SHA-256("upmetr-audit/personal/v1" 0x00 || salt (16 bytes)
+                          || ns(user_email) ns(user_id) ns(ip) ns(user_agent)
+                          ns(changes) ns(details))
+    leaf       = SHA-256("upmetr-audit/leaf/v1" 0x00
+                          || ns(event_id) ns(org_id) ns(timestamp_us) ...
+                          || commitment (32 bytes))
+
+``ip`` is the 16 bytes of the stored IPv6 as 32 lowercase hex digits;
+timestamps are integer microseconds since the epoch in decimal; ``details``
+is ``ns(key) ns(value)`` of every entry, keys in byte order. Every value is
+rendered by ClickHouse (the SQL below) and re-hashed here for proofs.
+
+The tree: leaves in the order ``(received_at, event_id text)``; a parent is
+SHA-256(0x01 || left || right); an unpaired last node moves up unchanged. An
+empty window's root is SHA-256("upmetr-audit/empty-window/v1").
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+LEAF_VERSION = 1
+LEAF_DOMAIN = b"upmetr-audit/leaf/v1\x00"
+PERSONAL_DOMAIN = b"upmetr-audit/personal/v1\x00"
+NODE_PREFIX = b"\x01"
+EMPTY_ROOT = hashlib.sha256(b"upmetr-audit/empty-window/v1").hexdigest()
+ZERO_SALT = bytes(16)
+
+#: Fields hashed in clear, in order: (name, SQL rendering of the stored column).
+PUBLIC_FIELDS: tuple[tuple[str, str], ...] = (
+    ("event_id", "toString(event_id)"),
+    ("org_id", "toString(org_id)"),
+    ("timestamp_us", "toString(toUnixTimestamp64Micro(timestamp))"),
+    ("received_at_us", "toString(toUnixTimestamp64Micro(received_at))"),
+    ("category", "toString(category)"),
+    ("action", "toString(action)"),
+    ("status", "toString(status)"),
+    ("resource_type", "toString(resource_type)"),
+    ("resource_id", "resource_id"),
+    ("session_id", "session_id"),
+    ("actor_type", "toString(actor_type)"),
+    ("service_name", "toString(service_name)"),
+    ("reason", "reason"),
+    ("trace_id", "trace_id"),
+    ("span_id", "span_id"),
+)
+
+
+def _ns_sql(expr: str) -> str:
+    return f"concat(toString(length({expr})), ':', {expr}, ',')"
+
+
+_DETAILS_SQL = ("arrayStringConcat(arrayMap((k, v) -> concat(" + _ns_sql("k") + ", " + _ns_sql("v")
+                + "), mapKeys(mapSort(details)), mapValues(mapSort(details))))")
+
+#: Fields hashed only inside the salted commitment, in order.
+PERSONAL_FIELDS: tuple[tuple[str, str], ...] = (
+    ("user_email", "user_email"),
+    ("user_id", "user_id"),
+    ("ip", "lower(hex(ip))"),
+    ("user_agent", "user_agent"),
+    ("changes", "changes"),
+    ("details", _DETAILS_SQL),
+)
+
+#: The fields erasure pseudonymizes: the personal ones.
+PERSONAL_COLUMNS: tuple[str, ...] = tuple(name for name, _ in PERSONAL_FIELDS)
+
+
+def commitment_sql(salt: str = "pii_salt") -> str:
+    """SQL: the 32-byte personal commitment of a row, from its salt and values."""
+    parts = ", ".join(_ns_sql(sql) for _, sql in PERSONAL_FIELDS)
+    return f"SHA256(concat('upmetr-audit/personal/v1', '\\0', {salt}, {parts}))"
+
+
+def leaf_sql(commitment: str) -> str:
+    """SQL: the 32-byte leaf of a row, given the SQL of its commitment."""
+    parts = ", ".join(_ns_sql(sql) for _, sql in PUBLIC_FIELDS)
+    return f"SHA256(concat('upmetr-audit/leaf/v1', '\\0', {parts}, {commitment}))"
+
+
+def effective_commitment_sql(erased: str = "erased_commitment") -> str:
+    """SQL: the commitment of a live row, or, when its salt was shredded, the one
+    recorded at erasure (``erased``: a 32-byte String; '' when none)."""
+    return f"if(pii_salt = toFixedString(repeat('\\0', 16), 16), {erased}, {commitment_sql()})"
+
+
+def merkle_root_sql(leaves: str) -> str:
+    """SQL: the hex Merkle root of an array of 32-byte leaves (EMPTY_ROOT if empty)."""
+    levels = f"toUInt32(ceil(log2(greatest(length({leaves}), 1))))"
+    fold = (f"arrayFold((acc, _) -> arrayMap(i -> if(2 * i <= length(acc), "
+            f"SHA256(concat(unhex('01'), acc[2 * i - 1], acc[2 * i])), acc[2 * i - 1]), "
+            f"range(1, intDiv(length(acc) + 1, 2) + 1)), range({levels}), {leaves})")
+    return f"if(empty({leaves}), '{EMPTY_ROOT}', lower(hex({fold}[1])))"
+
+
+# -- the same in Python (proofs, naming modified events) ----------------------
+
+
+def ns(value: str) -> bytes:
+    data = value.encode()
+    return str(len(data)).encode() + b":" + data + b","
+
+
+def details_text(details: dict[str, str]) -> str:
+    """The canonical rendering of ``details`` (as :data:`_DETAILS_SQL`)."""
+    items = sorted(details.items(), key=lambda kv: kv[0].encode())
+    return b"".join(ns(k) + ns(v) for k, v in items).decode()
+
+
+def commitment(salt: bytes, personal: dict[str, object]) -> bytes:
+    """The personal commitment; ``personal`` holds the PERSONAL_FIELDS, with
+    ``details`` as a dict and ``ip`` as 32 hex digits."""
+    if len(salt) != 16:
+        raise ValueError("the salt must be 16 bytes")
+    data = [PERSONAL_DOMAIN, salt]
+    for name, _ in PERSONAL_FIELDS:
+        value = personal[name]
+        data.append(ns(details_text(value) if name == "details" else str(value)))
+    return hashlib.sha256(b"".join(data)).digest()
+
+
+def leaf(public: dict[str, str], personal_commitment: bytes) -> bytes:
+    if len(personal_commitment) != 32:
+        raise ValueError("the personal commitment must be 32 bytes")
+    data = [LEAF_DOMAIN, *(ns(str(public[name])) for name, _ in PUBLIC_FIELDS), personal_commitment]
+    return hashlib.sha256(b"".join(data)).digest()
+
+
+def _parent(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(NODE_PREFIX + left + right).digest()
+
+
+def merkle_root(leaves: list[bytes]) -> str:
+    if not leaves:
+        return EMPTY_ROOT
+    level = list(leaves)
+    while len(level) > 1:
+        nxt = [_parent(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0].hex()
+
+
+def merkle_path(leaves: list[bytes], index: int) -> list[dict[str, str]]:
+    """The inclusion path of ``leaves[index]``: siblings from the bottom up, each
+    ``{"left": hex}`` or ``{"right": hex}`` (the side the sibling is on)."""
+    if not 0 <= index < len(leaves):
+        raise ValueError("leaf index out of range")
+    path, level, i = [], list(leaves), index
+    while len(level) > 1:
+        if i % 2 == 1:
+            path.append({"left": level[i - 1].hex()})
+        elif i + 1 < len(level):
+            path.append({"right": level[i + 1].hex()})
+        nxt = [_parent(level[j], level[j + 1]) for j in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level, i = nxt, i // 2
+    return path
+
+
+def root_from_path(leaf_hash: bytes, path: list[dict[str, str]]) -> str:
+    """The root that ``leaf_hash`` and its inclusion path lead to."""
+    node = leaf_hash
+    for step in path:
+        if set(step) == {"left"}:
+            node = _parent(bytes.fromhex(step["left"]), node)
+        elif set(step) == {"right"}:
+            node = _parent(node, bytes.fromhex(step["right"]))
+        else:
+            raise ValueError(f"malformed path step {step!r}")
+    return node.hex()

@@ -1,0 +1,429 @@
+"""Verification: recompute every window from ClickHouse and classify it.
+
+CloudTrail-style, one status per (org, window), the first that applies:
+
+``missing seal``     no seal row, though the window is sealed in the digest
+                     files or lies before the sealer's horizon;
+``bad signature``    the seal row does not match its own hash or signature
+                     (edited, or signed by an unknown or retired key);
+``digest mismatch``  the seal row differs from the digest files (a line
+                     edited, deleted, reordered or never written);
+``broken chain``     the seal's previous-seal hash is not the hash of the
+                     seal before it;
+``missing events``   fewer events than sealed;
+``extra events``     more events than sealed (e.g. a back-dated insert);
+``modified``         as many events, another Merkle root;
+``erased``           valid, and some events were erased by a signed erasure;
+``valid``            everything matches.
+
+For a content problem the stored leaves of the window (believed only when
+their Merkle root is the signed one) name the events. Erasures count only
+when their manifest in the digest files is signed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from . import digests, leafhash, schema
+from .keys import Keyring
+from .sealing import GENESIS, SEAL_DOMAIN, SEAL_GROUP, SEAL_SELECT, Seal, _us, leaf_rows_sql, window_stats_sql
+
+ERASURE_DOMAIN = b"upmetr-audit/erasure/v1\x00"
+
+PROBLEMS = ("missing seal", "bad signature", "digest mismatch", "broken chain", "missing events",
+            "extra events", "modified")
+OK_STATUSES = ("valid", "erased")
+#: Events recomputed per query; bounds memory and paces the progress bar.
+SLICE_WINDOWS = 24
+LATEST_FILE = "verify-latest.json"
+
+
+@dataclass
+class WindowResult:
+    org_id: str
+    window_start_us: int
+    window_end_us: int
+    status: str
+    problems: list[str] = field(default_factory=list)
+    sealed_count: int | None = None
+    actual_count: int = 0
+    events: dict[str, list[str]] = field(default_factory=dict)  # kind -> event ids
+
+
+@dataclass
+class VerifyResult:
+    verified_at_us: int
+    through_us: int | None  # the sealer's horizon: windows ending by then were checked
+    counts: dict[str, int]
+    events_checked: int
+    windows: list[WindowResult]  # every window that is not plain "valid"
+    problems: list[str]  # problems not tied to one window (digest files, erasures)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(w.status in OK_STATUSES for w in self.windows)
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()) if n)
+        verdict = "OK" if self.ok else "INTEGRITY PROBLEM"
+        return (f"{verdict}: {sum(self.counts.values())} windows ({parts or 'none'}), "
+                f"{self.events_checked} events checked"
+                + (f", {len(self.problems)} other problem(s)" if self.problems else ""))
+
+    def to_json(self) -> dict:
+        return {"ok": self.ok, "verified_at_us": self.verified_at_us, "through_us": self.through_us,
+                "counts": self.counts, "events_checked": self.events_checked,
+                "problems": self.problems, "windows": [asdict(w) for w in self.windows]}
+
+
+# -- digest files ---------------------------------------------------------------
+
+
+@dataclass
+class _Digests:
+    seals: dict[tuple[str, int], Seal] = field(default_factory=dict)
+    bad: dict[tuple[str, int], str] = field(default_factory=dict)  # window -> why its line is bad
+    erasures: dict[str, dict] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _read_digests(digest_dir: str, keyring: Keyring) -> _Digests:
+    out = _Digests()
+    last: dict[str, int] = {}
+    for line in digests.read(digest_dir):
+        if line.obj is None:
+            out.problems.append(line.error)
+            continue
+        kind = line.obj.get("type")
+        where = f"{line.file} line {line.number}"
+        if kind == "erasure":
+            problem = _check_erasure_line(line.obj, keyring)
+            if problem:
+                out.problems.append(f"{where}: {problem}")
+            else:
+                out.erasures.setdefault(line.obj["erasure_id"], line.obj)
+            continue
+        if kind != "seal":
+            out.problems.append(f"{where}: unknown record type {kind!r}")
+            continue
+        try:
+            seal = Seal.from_line(line.obj)
+        except ValueError as exc:
+            out.problems.append(f"{where}: malformed seal ({exc})")
+            continue
+        key = (seal.org_id, seal.window_start_us)
+        seen = out.seals.get(key)
+        if seen is not None:
+            if seen.identity() != seal.identity():
+                out.bad[key] = f"{where} is a second, different digest of this window"
+            continue
+        if seal.window_start_us < last.get(seal.org_id, -1):
+            out.bad[key] = f"{where} is out of order (the digests of an org are appended in window order)"
+        last[seal.org_id] = max(last.get(seal.org_id, -1), seal.window_start_us)
+        out.seals[key] = seal
+    return out
+
+
+def erasure_events_hash(pairs: list[tuple[str, str]]) -> str:
+    """SHA-256 over the sorted ``event_id:commitment`` lines of an erasure."""
+    return hashlib.sha256("".join(f"{e}:{c}\n" for e, c in sorted(pairs)).encode()).hexdigest()
+
+
+def erasure_body(obj: dict) -> dict:
+    return {k: obj[k] for k in ("v", "type", "erasure_id", "org_id", "subject", "event_count",
+                                "events_hash", "erased_at_us", "key_id")}
+
+
+def _check_erasure_line(obj: dict, keyring: Keyring) -> str | None:
+    try:
+        body = erasure_body(obj)
+        digest = hashlib.sha256(digests.dumps(body).encode()).digest()
+        return keyring.check(obj["key_id"], ERASURE_DOMAIN, digest, obj["signature"],
+                             signed_through_us=obj["erased_at_us"])
+    except (KeyError, TypeError, AttributeError):
+        return "malformed erasure record"
+
+
+def _authentic_erasures(client, dg: _Digests, orgs: list[str] | None) -> tuple[list[str], list[str]]:
+    """Erasure ids whose rows match their signed manifest; and the problems found."""
+    cond, params = ("WHERE org_id IN {orgs:Array(String)}", {"orgs": orgs}) if orgs else ("", {})
+    rows = client.query(
+        f"SELECT erasure_id, any(org_id), groupArray((toString(event_id), commitment)) "
+        f"FROM {schema.ERASURES_TABLE} {cond} GROUP BY erasure_id", parameters=params).result_rows
+    good, problems = [], []
+    for erasure_id, org, pairs in rows:
+        manifest = dg.erasures.get(erasure_id)
+        pairs = sorted(set(map(tuple, pairs)))
+        if manifest is None:
+            problems.append(f"erasure {erasure_id} ({org}) has no signed manifest in the digest files")
+        elif (manifest["org_id"] != org or manifest["event_count"] != len(pairs)
+              or manifest["events_hash"] != erasure_events_hash(pairs)):
+            problems.append(f"erasure {erasure_id} ({org}) does not match its signed manifest")
+        else:
+            good.append(erasure_id)
+    return good, problems
+
+
+# -- ClickHouse -----------------------------------------------------------------
+
+
+def _db_seals(client, orgs: list[str] | None) -> dict[tuple[str, int], list[Seal]]:
+    cond, params = (" WHERE org_id IN {orgs:Array(String)}", {"orgs": orgs}) if orgs else ("", {})
+    out: dict[tuple[str, int], list[Seal]] = {}
+    for r in client.query(SEAL_SELECT + cond + SEAL_GROUP, parameters=params).result_rows:
+        seal = Seal(org_id=r[0], window_start_us=r[1], window_end_us=r[2], event_count=r[3],
+                    merkle_root=r[4], prev_seal_hash=r[5], key_id=r[6], leaf_version=r[7],
+                    seal_hash=r[8], signature=r[9], sealed_at_us=r[10])
+        out.setdefault((seal.org_id, seal.window_start_us), []).append(seal)
+    return out
+
+
+def _sealed_through(client, dg: _Digests) -> int | None:
+    """The sealer's horizon: the newest window end of any seal, in the table or the files."""
+    db = client.command(f"SELECT toUnixTimestamp64Micro(max(window_end)) FROM {schema.SEALS_TABLE} "
+                        f"HAVING count() > 0")
+    ends = [s.window_end_us for s in dg.seals.values()]
+    if db not in ("", None):
+        ends.append(int(db))
+    return max(ends) if ends else None
+
+
+def stored_leaves(client, org: str, ws: int) -> list[tuple[int, str, bytes]]:
+    """The leaves stored when window ``ws`` of ``org`` was sealed, in canonical order."""
+    rows = client.query(
+        f"SELECT DISTINCT toUnixTimestamp64Micro(received_at), toString(event_id), leaf "
+        f"FROM {schema.SEAL_LEAVES_TABLE} WHERE org_id = {{org:String}} AND window_start = {_us('ws')}",
+        parameters={"org": org, "ws": ws}).result_rows
+    return sorted(rows)
+
+
+def current_leaves(client, org: str, ws: int, we: int, erasure_ids: list[str] | None,
+                   ) -> list[tuple[int, str, bytes]]:
+    """The leaves of the events now stored in window [ws, we) of ``org``."""
+    where = f"org_id = {{org:String}} AND received_at >= {_us('ws')} AND received_at < {_us('we')}"
+    erasures = "AND erasure_id IN {erasure_ids:Array(String)}" if erasure_ids is not None else ""
+    rows = client.query(
+        f"SELECT toUnixTimestamp64Micro(received_at), toString(event_id), leaf "
+        f"FROM ({leaf_rows_sql(where, erasures)})",
+        parameters={"org": org, "ws": ws, "we": we, "erasure_ids": erasure_ids or []}).result_rows
+    return sorted(rows)
+
+
+# -- classification -------------------------------------------------------------
+
+
+def _name_events(client, w: WindowResult, seal: Seal, erasure_ids: list[str]) -> None:
+    stored = stored_leaves(client, w.org_id, w.window_start_us)
+    if leafhash.merkle_root([leaf for _, _, leaf in stored]) != seal.merkle_root:
+        w.problems.append("the stored leaves do not match the signed root either: "
+                          "the events cannot be named")
+        return
+    before = {eid: leaf for _, eid, leaf in stored}
+    now = {eid: leaf for _, eid, leaf in current_leaves(
+        client, w.org_id, w.window_start_us, w.window_end_us, erasure_ids)}
+    named = {"missing": sorted(set(before) - set(now)), "extra": sorted(set(now) - set(before)),
+             "modified": sorted(e for e in set(before) & set(now) if before[e] != now[e])}
+    w.events = {k: v for k, v in named.items() if v}
+    if named["modified"]:
+        w.status = "modified"
+    elif named["missing"]:
+        w.status = "missing events"
+    elif named["extra"]:
+        w.status = "extra events"
+
+
+def _check_window(client, w: WindowResult, db: list[Seal] | None, dg: _Digests, keyring: Keyring,
+                  prev: Seal | None, first: bool, stats: tuple[int, int, str] | None,
+                  erasure_ids: list[str]) -> None:
+    key = (w.org_id, w.window_start_us)
+    line = dg.seals.get(key)
+    n, erased_n, root = stats or (0, 0, leafhash.EMPTY_ROOT)
+    w.actual_count = n
+    if not db:
+        w.status = "missing seal"
+        w.problems.append("no seal in ClickHouse" + (" (the digest files have one)" if line else ""))
+        return
+    if len(db) > 1:
+        w.status = "broken chain"
+        w.problems.append(f"{len(db)} different seals for this window")
+        return
+    seal = db[0]
+    w.sealed_count = seal.event_count
+    if seal.computed_hash() != seal.seal_hash:
+        w.status = "bad signature"
+        w.problems.append("the seal row does not match its own hash (edited)")
+        return
+    problem = keyring.check(seal.key_id, SEAL_DOMAIN, bytes.fromhex(seal.seal_hash), seal.signature,
+                            signed_through_us=seal.window_end_us)
+    if problem:
+        w.status = "bad signature"
+        w.problems.append(problem)
+        return
+    if line is None:
+        w.status = "digest mismatch"
+        w.problems.append("the seal is in ClickHouse but not in the digest files")
+        return
+    if line.identity() != seal.identity() or key in dg.bad:
+        w.status = "digest mismatch"
+        w.problems.append(dg.bad.get(key, "the digest files hold a different seal for this window"))
+        return
+    expected_prev = GENESIS if first else (prev.seal_hash if prev else None)
+    if first and seal.prev_seal_hash != GENESIS:
+        w.status = "broken chain"
+        w.problems.append("the org's first seal does not start the chain (older seals deleted?)")
+        return
+    if expected_prev is not None and seal.prev_seal_hash != expected_prev:
+        w.status = "broken chain"
+        w.problems.append("the previous-seal hash is not the hash of the seal before")
+        return
+    if n == seal.event_count and root == seal.merkle_root:
+        w.status = "erased" if erased_n else "valid"
+        return
+    w.status = ("missing events" if n < seal.event_count else "extra events" if n > seal.event_count
+                else "modified")
+    w.problems.append(f"sealed {seal.event_count} events, found {n}"
+                      + ("" if n != seal.event_count else ", with another Merkle root"))
+    _name_events(client, w, seal, erasure_ids)
+
+
+def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str | None = None,
+           since_us: int | None = None, until_us: int | None = None,
+           default_window_us: int = 3_600_000_000,
+           progress: Callable[[int, int], None] | None = None) -> VerifyResult:
+    """Check every window of every org (or ``org``) overlapping [since, until).
+
+    Windows that end after the sealer's horizon and have no seal are
+    ``pending``, not a problem.
+    """
+    orgs = [org] if org else None
+    dg = _read_digests(digest_dir, keyring)
+    if org:
+        dg.seals = {k: v for k, v in dg.seals.items() if k[0] == org}
+    problems = list(dg.problems)
+    erasure_ids, erasure_problems = _authentic_erasures(client, dg, orgs)
+    problems += erasure_problems
+    db = _db_seals(client, orgs)
+    through = _sealed_through(client, dg)
+    org_cond, params = ("org_id = {org:String}", {"org": org}) if org else ("1", {})
+    firsts = dict(client.query(
+        f"SELECT org_id, toUnixTimestamp64Micro(min(received_at)) FROM {schema.EVENTS_TABLE} "
+        f"WHERE {org_cond} GROUP BY org_id", parameters=params).result_rows)
+
+    # Each org's chain: its window width, and where it starts (its first seal).
+    widths: dict[str, int] = {}
+    starts: dict[str, int] = {}
+    for (o, ws), seal in sorted([(k, v[0]) for k, v in db.items()] + list(dg.seals.items()),
+                                key=lambda kv: kv[0]):
+        widths.setdefault(o, seal.window_end_us - seal.window_start_us)
+        starts.setdefault(o, ws)
+    for o, first in firsts.items():
+        widths.setdefault(o, default_window_us)
+        starts.setdefault(o, first // widths[o] * widths[o])
+    if not widths:
+        return VerifyResult(now_us, through, {}, 0, [], problems)
+    max_w = max(widths.values())
+    lo = since_us if since_us is not None else min(
+        [*starts.values(), *(f // widths[o] * widths[o] for o, f in firsts.items())])
+    hi = until_us if until_us is not None else max(now_us, through or 0)
+
+    # Recompute (count, erased count, root) per window, in slices of received_at.
+    stats: dict[tuple[str, int], tuple[int, int, str]] = {}
+    events_checked = 0
+    org_list = sorted(widths)
+    width_sql = ("transform(org_id, {w_orgs:Array(String)}, {w_widths:Array(Int64)}, "
+                 "toInt64({w_def:Int64}))")
+    base = {"w_orgs": org_list, "w_widths": [widths[o] for o in org_list], "w_def": default_window_us,
+            "erasure_ids": erasure_ids, **params}
+    step = SLICE_WINDOWS * max_w
+    scan_lo, scan_hi = lo // step * step, -(-hi // max_w) * max_w
+    slices = list(range(scan_lo, scan_hi, step))
+    cut: set[tuple[str, int]] = set()
+    for i, s0 in enumerate(slices):
+        where = f"{org_cond} AND received_at >= {_us('s0')} AND received_at < {_us('s1')}"
+        rows = client.query(
+            window_stats_sql(where, width_sql, "AND erasure_id IN {erasure_ids:Array(String)}"),
+            parameters={**base, "s0": s0, "s1": min(s0 + step, scan_hi)}).result_rows
+        for o, ws, n, erased_n, root in rows:
+            if (o, ws) in stats:
+                cut.add((o, ws))
+            stats[(o, ws)] = (n, erased_n, root)
+            events_checked += n
+        if progress:
+            progress(i + 1, len(slices))
+    for o, ws in cut:  # a window across a slice edge (its width does not divide the slice)
+        stats[(o, ws)] = _whole_window(client, o, ws, widths[o], base)
+
+    windows, counts = [], Counter()
+
+    def report(w: WindowResult) -> None:
+        counts[w.status] += 1
+        if w.status != "valid":
+            windows.append(w)
+
+    for o in sorted(widths):
+        w_us, start = widths[o], starts[o]
+        last = max([start] + [k[1] + w_us for k in list(db) + list(dg.seals) + list(stats) if k[0] == o]
+                   + ([through] if through is not None else []))
+        for ws in range(start, last, w_us):
+            key = (o, ws)
+            if not (ws + w_us > lo and ws < hi):
+                continue
+            sealed = key in db or key in dg.seals
+            due = through is not None and ws + w_us <= through
+            if not sealed and not due:
+                if key in stats:
+                    counts["pending"] += 1
+                continue
+            prev = db.get((o, ws - w_us))
+            w = WindowResult(o, ws, ws + w_us, "valid")
+            _check_window(client, w, db.get(key), dg, keyring,
+                          prev[0] if prev and len(prev) == 1 else None, ws == start,
+                          stats.get(key), erasure_ids)
+            report(w)
+        # Events before an org's first seal were inserted after it was sealed.
+        for (oo, ws), (n, _, _) in sorted(stats.items()):
+            if oo == o and ws < start and ws + w_us > lo and ws < hi:
+                report(WindowResult(o, ws, ws + w_us, "extra events", actual_count=n,
+                                    problems=["events before the org's first sealed window"]))
+    return VerifyResult(verified_at_us=now_us, through_us=through, counts=dict(counts),
+                        events_checked=events_checked, windows=windows, problems=problems)
+
+
+def _whole_window(client, org, ws, width, base) -> tuple[int, int, str]:
+    where = (f"org_id = {{o:String}} AND received_at >= {_us('ws')} AND received_at < {_us('we')}")
+    rows = client.query(window_stats_sql(where, "{width:Int64}",
+                                         "AND erasure_id IN {erasure_ids:Array(String)}"),
+                        parameters={**base, "o": org, "ws": ws, "we": ws + width, "width": width}
+                        ).result_rows
+    return (rows[0][2], rows[0][3], rows[0][4]) if rows else (0, 0, leafhash.EMPTY_ROOT)
+
+
+# -- the latest result, for the page's badge --------------------------------------
+
+
+def save_latest(data_dir: str, result: VerifyResult) -> str:
+    path = os.path.join(data_dir, "integrity", LATEST_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(result.to_json(), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def latest_result(data_dir: str) -> dict | None:
+    """The last saved verify result (``ok``, ``verified_at_us``, ``through_us``,
+    ``counts``, ``problems``, ``windows``), or ``None`` if verify never ran."""
+    try:
+        with open(os.path.join(data_dir, "integrity", LATEST_FILE)) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None

@@ -1,0 +1,67 @@
+"""Events with chosen times, and a sealed store, for the tamper-evidence tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from upmetr_audit.collector import keys, schema, sealing, verify
+
+HOUR = 3_600_000_000
+MIN = 60_000_000
+#: A whole hour (2026-09-21 12:00 UTC), so windows line up with it.
+T0 = 1_790_000_000_000_000 // HOUR * HOUR
+
+COLUMNS = ("event_id", "org_id", "timestamp", "received_at", "category", "action", "status",
+           "user_email", "user_id", "resource_type", "resource_id", "ip", "user_agent", "session_id",
+           "actor_type", "service_name", "reason", "changes", "details", "trace_id", "span_id")
+
+
+def to_dt(us: int) -> dt.datetime:
+    return sealing.to_dt(us)
+
+
+def event(org="org-a", received_us=T0, timestamp_us=None, action="auth.login", status="success",
+          user="ana@example.com", **fields) -> dict:
+    row = {
+        "event_id": str(uuid.uuid4()), "org_id": org,
+        "timestamp": to_dt(timestamp_us if timestamp_us is not None else received_us - 150_000),
+        "received_at": to_dt(received_us), "category": action.split(".")[0], "action": action,
+        "status": status, "user_email": user, "user_id": "u-" + user.split("@")[0],
+        "resource_type": "", "resource_id": "", "ip": "203.0.113.9",
+        "user_agent": "Mozilla/5.0 (test)", "session_id": "s-1", "actor_type": "user",
+        "service_name": "billing-api", "reason": "", "changes": "", "details": {}, "trace_id": "",
+        "span_id": "",
+    }
+    row.update(fields)
+    return row
+
+
+def insert(client, events: list[dict]) -> list[str]:
+    client.insert(schema.EVENTS_TABLE, [[e[c] for c in COLUMNS] for e in events], column_names=COLUMNS)
+    return [e["event_id"] for e in events]
+
+
+@dataclass
+class Sealed:
+    """A store with events of two orgs over three hours, and a keyring."""
+
+    client: object
+    data_dir: str
+    keyring: keys.Keyring
+    ids: list[str]
+
+    @property
+    def digest_dir(self) -> str:
+        return f"{self.data_dir}/digests"
+
+    def seal(self, now_us: int, **kw) -> sealing.SealRun:
+        return sealing.seal_once(self.client, self.keyring, self.digest_dir, now_us, **kw)
+
+    def verify(self, now_us: int, keyring: keys.Keyring | None = None, **kw) -> verify.VerifyResult:
+        return verify.verify(self.client, keyring or self.keyring, self.digest_dir, now_us, **kw)
+
+    def mutate(self, sql: str, **params) -> None:
+        self.client.command(sql + " SETTINGS mutations_sync = 2", parameters=params)
+
