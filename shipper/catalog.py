@@ -133,6 +133,7 @@ CATEGORIES: tuple[Category, ...] = (
         ("api_access", "API access", None, True),
         ("rate_limit", "Rate limit hit", None, True),
         ("alert_acknowledge", "Failed-login alert acknowledged", "security_alert", False),
+        ("personal_data_erase", "Personal data erased (GDPR)", "data_subject", False),
     ),
 )
 

@@ -411,6 +411,14 @@ class SystemEvents(_Category):
                                  ip=ip, reason=reason, changes=changes, timestamp=timestamp,
                                  **attributes)
 
+    def personal_data_erase(self, *, org: str, user: str, status: Status = "success", resource: str, ip: str | None = None,
+            reason: str | None = None, changes: Any = None, timestamp: Any = None,
+            **attributes: Any) -> str:
+        """Personal data erased (GDPR) (``upmetr.audit.system.personal_data_erase``). Returns the event id."""
+        return self._logger.emit("system.personal_data_erase", org=org, user=user, status=status, resource=resource,
+                                 ip=ip, reason=reason, changes=changes, timestamp=timestamp,
+                                 **attributes)
+
 
 class CatalogHelpers:
     """Mixed into ``AuditLogger``: one attribute per category."""
