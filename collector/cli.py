@@ -250,7 +250,7 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None,
         raise click.ClickException("shutdown timed out before every batch was committed")
 
 
-def _start_web(store, collector, settings, http_url, *, addr, data_dir, admin_org):
+def _start_web(store, collector, settings, http_url, *, addr, data_dir, admin_org, alert_rules=None):
     """The audit page in this process, its own events sent to this collector."""
     from upmetr_audit.collector.app import parse_addr
     from upmetr_audit.shipper import AuditLogger
@@ -261,7 +261,7 @@ def _start_web(store, collector, settings, http_url, *, addr, data_dir, admin_or
                         spool_dir=os.path.join(data_dir, "spool", "upmetr-audit-web"),
                         headers={"authorization": f"Bearer {token}"} if token else None)
     host, port = parse_addr(addr)
-    server = WebServer(store.client, host, port, data_dir, audit_emit=audit.emit)
+    server = WebServer(store.client, host, port, data_dir, audit_emit=audit.emit, alert_rules=alert_rules)
     server.start()
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     click.echo(f"web        http://{shown}:{server.port}/")
@@ -333,13 +333,13 @@ def serve(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary_int
         ingest_tokens = _embedded_token(data_dir)
     alerting = {k: opts.pop(k) for k in ALERT_OPTIONS}
     from . import rules
-    rules.load(alerting["alert_rules"])     # a bad rules file fails before anything starts
+    ruleset = rules.load(alerting["alert_rules"])   # a bad rules file fails before anything starts
     settings = _collector_settings(ingest_tokens, insecure_no_auth, **opts)
     _run_collector(url=_resolve_url(data_dir, clickhouse_url), settings=settings,
                    log_level=log_level, summary_interval=summary_interval,
                    demo_dir=os.path.join(data_dir, "spool", "upmetr-demo") if demo else None,
                    web={"addr": web_addr, "data_dir": data_dir,
-                        "admin_org": "org_acme" if demo else "default"},
+                        "admin_org": "org_acme" if demo else "default", "alert_rules": ruleset},
                    alerting=alerting)
 
 
@@ -470,9 +470,10 @@ def ship(patterns, data_dir, ingest_tokens, ship_endpoint, ship_state_dir, ship_
 
 
 @cli.command()
-@options("data_dir", "clickhouse_url", "web_addr", "otlp_http_addr", "ingest_tokens", "log_level")
+@options("data_dir", "clickhouse_url", "web_addr", "otlp_http_addr", "ingest_tokens", "log_level",
+         "alert_rules")
 @_fail_cleanly
-def web(data_dir, clickhouse_url, web_addr, otlp_http_addr, ingest_tokens, log_level):
+def web(data_dir, clickhouse_url, web_addr, otlp_http_addr, ingest_tokens, log_level, alert_rules):
     """Run only the audit page, for server mode (a ClickHouse server URL).
 
     Its own events (sign-ins, views, exports) go to the collector at
@@ -482,7 +483,10 @@ def web(data_dir, clickhouse_url, web_addr, otlp_http_addr, ingest_tokens, log_l
     from upmetr_audit.shipper import AuditLogger
     from upmetr_audit.web.server import WebServer
 
+    from . import rules
+
     logs.setup(log_level)
+    alert_rules = rules.load(alert_rules)   # the page describes each org's rules
     store = store_mod.open_store(_resolve_url(data_dir, clickhouse_url))
     token = (_tokens(ingest_tokens) or (None,))[0]
     audit = AuditLogger(service_name="upmetr-audit-web", endpoint=f"http://{otlp_http_addr}/v1/logs",
@@ -491,7 +495,7 @@ def web(data_dir, clickhouse_url, web_addr, otlp_http_addr, ingest_tokens, log_l
     try:
         store_mod.require_current_schema(store.client)
         host, port = parse_addr(web_addr)
-        server = WebServer(store.client, host, port, data_dir, audit_emit=audit.emit)
+        server = WebServer(store.client, host, port, data_dir, audit_emit=audit.emit, alert_rules=alert_rules)
         server.start()
         click.echo(f"web        http://{host}:{server.port}/")
         stop = threading.Event()

@@ -150,7 +150,7 @@ class Detector:
 
     def run_once(self, now: datetime | None = None) -> RunResult:
         now = (now or datetime.now(UTC)).astimezone(UTC)
-        end = now - self.lag
+        end = (now - self.lag).replace(microsecond=0)   # whole seconds: links filter exactly
         result = RunResult(evaluated_at=now, window_end=end)
         with self._lock:
             hit_keys: set[tuple] = set()

@@ -9,7 +9,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
-from . import auth, security, views
+from . import alerts, auth, security, views
 
 
 def create_app(config: dict) -> Flask:
@@ -42,7 +42,10 @@ def create_app(config: dict) -> Flask:
     app.register_blueprint(auth.bp)
     app.register_blueprint(views.bp)
     app.register_blueprint(views.api)
-    limiter.limit(lambda: app.config["API_RATE_LIMIT"])(views.api)
+    app.register_blueprint(alerts.bp)
+    app.register_blueprint(alerts.api)
+    for api in (views.api, alerts.api):
+        limiter.limit(lambda: app.config["API_RATE_LIMIT"])(api)
     app.view_functions["auth.login"] = limiter.limit(
         lambda: app.config["LOGIN_RATE_LIMIT"], methods=["POST"])(app.view_functions["auth.login"])
 

@@ -8,8 +8,11 @@ from upmetr_audit.shipper.catalog import ACTIONS, CATEGORIES
 from . import queries
 
 _STR = {"type": "string"}
+_ONE_ACTION = "(" + "|".join(a.replace(".", r"\.") for a in ACTIONS) + ")"
+_ACTION_LIST = f"^{_ONE_ACTION}(,{_ONE_ACTION})*$"
 FILTER_PARAMETERS = [
-    ("action", {"type": "string", "enum": list(ACTIONS)}, "A catalog action id."),
+    ("action", {"type": "string", "pattern": _ACTION_LIST},
+     "A catalog action id, or several separated by commas."),
     ("category", {"type": "string", "enum": [c.id for c in CATEGORIES]}, "A catalog category."),
     ("status", {"type": "string", "enum": ["success", "failure"]}, "Outcome."),
     ("per_page", {"type": "integer", "enum": list(queries.PER_PAGE_CHOICES)}, "Page size."),
@@ -31,6 +34,20 @@ _ERROR = {"type": "object", "required": ["ok", "error"], "properties": {
 _EVENT = {"type": "object", "required": list(queries.EVENT_FIELDS),
           "properties": {f: ({"type": "object", "additionalProperties": _STR}
                              if f == "details" else _STR) for f in queries.EVENT_FIELDS}}
+
+
+_NUM = {"type": "number"}
+_ALERT = {"type": "object", "required": ["alert_id", "rule", "severity", "state", "key_type", "key"],
+          "properties": {
+              **{f: _STR for f in ("alert_id", "rule", "title", "condition", "measure", "key", "window_start",
+                                   "window_end", "first_seen", "last_seen", "changed_at", "changed_by")},
+              "severity": {"type": "string", "enum": ["warning", "critical", "emergency"]},
+              "state": {"type": "string", "enum": ["firing", "acknowledged", "resolved"]},
+              "key_type": {"type": "string", "enum": ["user", "ip", "org"]},
+              "value": _NUM, "threshold": _NUM, "failures": {"type": "integer"},
+              "window_minutes": {"type": ["integer", "null"]},
+              "events_link": {"type": ["string", "null"]},
+              "sample_event_ids": {"type": "array", "items": _STR}}}
 
 
 def _params(names=None):
@@ -76,6 +93,22 @@ def document() -> dict:
                 "responses": {**_responses(_EVENT),
                               "404": {"description": "not found", "content": {
                                   "application/json": {"schema": _ERROR}}}}}},
+            "/api/v1/alerts": {"get": {
+                "operationId": "alerts", "summary": "Failed-login spike alerts, open ones first",
+                "parameters": [{"name": "state", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": ["open", "all"]},
+                                "description": "open (default): firing or acknowledged; all: any."}],
+                "responses": _responses({"type": "object", "required": ["alerts"], "properties": {
+                    "alerts": {"type": "array", "items": _ALERT}}})}},
+            "/api/v1/alerts/{alert_id}/ack": {"post": {
+                "operationId": "acknowledge_alert", "summary": "Acknowledge an open alert",
+                "parameters": [{"name": "alert_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "format": "uuid"}}],
+                "responses": {**_responses({"type": "object", "required": ["ok", "alert"], "properties": {
+                    "ok": {"type": "boolean"}, "alert": _ALERT}}),
+                    "404": {"description": "not found", "content": {"application/json": {"schema": _ERROR}}},
+                    "409": {"description": "already resolved",
+                            "content": {"application/json": {"schema": _ERROR}}}}}},
             "/api/v1/export": {"get": {
                 "operationId": "export", "summary": "The filtered events, streamed",
                 "parameters": [{"name": "format", "in": "query", "required": False,

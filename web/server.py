@@ -33,9 +33,9 @@ def first_superadmin(client, org_id: str) -> tuple[str, str] | None:
 
 class WebServer(ThreadedServer):
     def __init__(self, client, host: str, port: int, data_dir: str, audit_emit=None,
-                 threads: int = 8):
+                 threads: int = 8, alert_rules=None):
         app = create_app({
             "STORE_CLIENT": client, "SECRET_KEY": secret_key(data_dir), "AUDIT_EMIT": audit_emit,
-            "SESSION_COOKIE_SECURE": host not in LOCAL_HOSTS,
+            "SESSION_COOKIE_SECURE": host not in LOCAL_HOSTS, "ALERT_RULES": alert_rules,
         })
         super().__init__(app, host, port, name="web", threads=threads)
