@@ -8,9 +8,9 @@ import json
 import os
 
 import pytest
-from integrity_helpers import HOUR, MIN, T0, Sealed, event, insert
+from integrity_helpers import HOUR, MIN, T0, Sealed, event, insert, to_dt
 
-from upmetr_audit.collector import keys, leafhash, sealing
+from upmetr_audit.collector import erasure, keys, leafhash, proof, sealing
 from upmetr_audit.collector import verify as verify_mod
 
 #: Sealing and verifying "now": three hours of events are past the grace delay.
@@ -315,3 +315,131 @@ def test_python_and_clickhouse_agree_on_merkle_roots_and_paths(store, n):
     for i in range(n):
         assert leafhash.root_from_path(leaves[i], leafhash.merkle_path(leaves, i)) == root
     assert leafhash.merkle_root([]) == leafhash.EMPTY_ROOT
+
+
+# -- erasure ----------------------------------------------------------------------------
+
+
+def _erase(sealed, email, now=NOW + 1 * MIN, **kw):
+    return erasure.erase(sealed.client, sealed.keyring, sealed.digest_dir, "org-a", email, now_us=now,
+                         actor="dpo@example.com", **kw)
+
+
+def test_an_erased_person_verifies_clean_and_is_reported_erased(sealed):
+    done = _erase(sealed, "ana@example.com")
+    assert done.event_count == 4 and done.subject.startswith("erased-")
+    rows = sealed.client.query(
+        "SELECT user_email, user_id, toString(ip), user_agent, hex(pii_salt) FROM audit.audit_events "
+        "WHERE event_id IN {ids:Array(UUID)}", parameters={"ids": [sealed.ids[i] for i in (0, 2, 3, 4)]}
+    ).result_rows
+    assert {r[:4] for r in rows} == {(done.subject, done.subject, "::", "")}
+    assert {r[4] for r in rows} == {"0" * 32}
+    assert "ana@example.com" not in str(sealed.client.query(
+        "SELECT * FROM audit.audit_events").result_rows)
+    result = sealed.verify(NOW + 2 * MIN)
+    assert result.ok, result.to_json()
+    assert only(result) == {0: "erased", 2: "erased"}
+    # The erasure is itself an audit event, naming the pseudonym, not the person.
+    (ev,) = sealed.client.query(
+        "SELECT user_email, resource_id, details FROM audit.audit_events "
+        "WHERE action = 'system.personal_data_erase'").result_rows
+    assert ev[0] == "dpo@example.com" and ev[1] == done.subject
+    assert ev[2]["erased_events"] == "4" and ev[2]["erasure_id"] == done.erasure_id
+
+
+def test_personal_values_inside_changes_and_details_are_erased(sealed):
+    (eid,) = insert(sealed.client, [event(
+        received_us=NOW + 1 * MIN, user="dee@example.com",
+        changes='{"email": {"before": "dee@example.com", "after": "d@new.example"}, '
+                '"plan": {"before": "free", "after": "pro"}}',
+        details={"note": "sent to dee@example.com", "http.route": "/api/users", "name": "Dee"})])
+    sealed.seal(NOW + 2 * HOUR)
+    _erase(sealed, "dee@example.com", now=NOW + 2 * HOUR)
+    changes, details = sealed.client.query(
+        "SELECT changes, details FROM audit.audit_events WHERE event_id = {id:UUID}",
+        parameters={"id": eid}).result_rows[0]
+    assert json.loads(changes) == {"email": "[erased]", "plan": {"before": "free", "after": "pro"}}
+    assert details == {"note": "[erased]", "http.route": "/api/users", "name": "[erased]"}
+    assert sealed.verify(NOW + 2 * HOUR).ok
+
+
+def test_erasing_an_unknown_person_is_refused_and_a_dry_run_changes_nothing(sealed):
+    with pytest.raises(erasure.ErasureError, match="unknown person"):
+        _erase(sealed, "nobody@example.com")
+    with pytest.raises(erasure.ErasureError, match="unknown person"):
+        _erase(sealed, "ANA@example.com")  # matched exactly
+    dry = _erase(sealed, "bo@example.com", dry_run=True)
+    assert dry.dry_run and dry.event_count == 1
+    assert sealed.client.command("SELECT count() FROM audit.audit_erasures") == 0
+    assert sealed.client.command(
+        "SELECT count() FROM audit.audit_events WHERE user_email = 'bo@example.com'") == 1
+    _erase(sealed, "bo@example.com")
+    with pytest.raises(erasure.ErasureError, match="an erased person is unknown too"):
+        _erase(sealed, "bo@example.com")
+
+
+def test_a_forged_erasure_does_not_hide_a_modification(sealed):
+    # With database access alone: copy the commitment, zero the salt, rewrite the email.
+    com = sealed.client.query(
+        f"SELECT lower(hex({leafhash.commitment_sql()})) FROM audit.audit_events "
+        "WHERE event_id = {id:UUID}", parameters={"id": sealed.ids[1]}).result_rows[0][0]
+    sealed.client.insert("audit.audit_erasures", [["fake", "org-a", sealed.ids[1], com, to_dt(NOW)]],
+                         column_names=["erasure_id", "org_id", "event_id", "commitment", "erased_at"])
+    sealed.mutate("ALTER TABLE audit.audit_events UPDATE user_email = 'someone-else', "
+                  "pii_salt = toFixedString(repeat('\\0', 16), 16) WHERE event_id = {id:UUID}",
+                  id=sealed.ids[1])
+    result = sealed.verify(NOW)
+    assert only(result) == {0: "modified"}
+    assert any("no signed manifest" in p for p in result.problems)
+
+
+# -- proofs ----------------------------------------------------------------------------------
+
+
+def test_a_proof_verifies_offline_and_fails_for_a_tampered_leaf(sealed, tmp_path):
+    public = keys.load_public(_export(sealed, tmp_path))
+    for eid in sealed.ids:
+        p = proof.build(sealed.client, eid)
+        assert "is included in the seal" in proof.check(json.loads(json.dumps(p)), public)
+    p = proof.build(sealed.client, sealed.ids[2])
+    for path, value in ((("event", "status"), "failure"), (("personal", "user_email"), "x@y"),
+                        (("personal", "details"), {"plan": "free"}), (("event", "received_at_us"), "1")):
+        bad = json.loads(json.dumps(p))
+        bad[path[0]][path[1]] = value
+        with pytest.raises(proof.ProofError):
+            proof.check(bad, public)
+    bad = json.loads(json.dumps(p))
+    bad["seal"]["event_count"] += 1
+    with pytest.raises(proof.ProofError, match="own hash"):
+        proof.check(bad, public)
+    thief = keys.load_or_generate(str(tmp_path / "thief"), T0)
+    with pytest.raises(proof.ProofError, match="unknown key"):
+        proof.check(p, keys.load_public(_export_ring(thief, tmp_path)))
+    for junk in (None, [], {"format": "x"}, {**p, "path": [{"up": "00"}]}, {**p, "leaf_version": 9}):
+        with pytest.raises(proof.ProofError):
+            proof.check(junk, public)
+
+
+def test_a_proof_of_an_erased_event_still_verifies(sealed, tmp_path):
+    _erase(sealed, "ana@example.com")
+    p = proof.build(sealed.client, sealed.ids[0])
+    assert p["personal"] == {"erased": True, "commitment": p["personal"]["commitment"]}
+    proof.check(p, keys.load_public(_export(sealed, tmp_path)))
+
+
+def test_no_proof_for_an_unknown_or_unsealed_event(sealed):
+    with pytest.raises(proof.ProofError, match="no event"):
+        proof.build(sealed.client, "not-a-uuid")
+    (eid,) = insert(sealed.client, [event(received_us=NOW)])
+    with pytest.raises(proof.ProofError, match="not sealed yet"):
+        proof.build(sealed.client, eid)
+
+
+def _export_ring(ring, tmp_path):
+    path = tmp_path / f"public-{ring.active}.json"
+    path.write_text(ring.public_json())
+    return str(path)
+
+
+def _export(sealed, tmp_path):
+    return _export_ring(sealed.keyring, tmp_path)
