@@ -12,14 +12,14 @@ class ConfigError(UpmetrAuditError):
 class StoreLocked(UpmetrAuditError):
     """The embedded chDB folder is held by another process."""
 
-    def __init__(self, path: str, pid: int | None):
+    def __init__(self, path: str, pid: int | None, hint: str = ""):
         self.path, self.pid = path, pid
         holder = f"process {pid}" if pid else "another process"
         super().__init__(
             f"the embedded store {path} is locked by {holder} (an `upmetr-audit serve` or "
             f"`collector`?); a chDB folder can be opened by one process at a time: stop that "
             f"process, or run this command against a ClickHouse server with --clickhouse-url "
-            f"http://host:8123"
+            f"http://host:8123" + (f"; {hint}" if hint else "")
         )
 
 
