@@ -22,7 +22,7 @@ LAST_24H = "timestamp > $__toTime_ms - INTERVAL 24 HOUR AND timestamp <= $__toTi
 LOGIN = "action = 'auth.login'"
 
 TZ_VARIABLE = query_variable(
-    "tz", "Time zone (today)", "SELECT name FROM system.time_zones ORDER BY name",
+    "tz", "Time zone (today)", "SELECT time_zone FROM system.time_zones ORDER BY time_zone",
     multi=False, include_all=False, default="UTC")
 
 
