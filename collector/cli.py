@@ -111,9 +111,11 @@ def check(data_dir, clickhouse_url):
 
 
 @db.command("schema")
-@click.option("--cluster", default=None, help="Cluster name (remote_servers): replicated, "
-              "sharded DDL with ON CLUSTER. Without it: exactly what `db migrate` runs.")
+@click.option("--cluster", default=None, envvar="UPMETR_AUDIT_CLUSTER", show_envvar=True,
+              help="Cluster name (remote_servers): replicated, sharded DDL with ON CLUSTER. "
+              "Without it: exactly what `db migrate` runs.")
 @click.option("--shards-by", type=click.Choice(["org"]), default="org", show_default=True,
+              envvar="UPMETR_AUDIT_SHARDS_BY", show_envvar=True,
               help="Sharding key of the Distributed tables (with --cluster).")
 @_fail_cleanly
 def db_schema(cluster, shards_by):
@@ -133,13 +135,13 @@ def db_schema(cluster, shards_by):
 
 
 @db.command("grants")
-@click.option("--cluster", default=None, help="Cluster name: ON CLUSTER, and grants on the "
-              "_local tables too.")
-@click.option("--apply", "apply_", is_flag=True,
+@click.option("--cluster", default=None, envvar="UPMETR_AUDIT_CLUSTER", show_envvar=True,
+              help="Cluster name: ON CLUSTER, and grants on the _local tables too.")
+@click.option("--apply", is_flag=True, envvar="UPMETR_AUDIT_APPLY", show_envvar=True,
               help="Run the statements against --clickhouse-url (an admin user) instead of printing.")
 @options("clickhouse_url")
 @_fail_cleanly
-def db_grants(cluster, apply_, clickhouse_url):
+def db_grants(cluster, apply, clickhouse_url):
     """Print (or apply) the roles, GRANTs and users of the applications.
 
     Passwords come from UPMETR_AUDIT_DB_PASSWORD_{COLLECTOR,WEB,SEALER,DETECTOR,GRAFANA}.
@@ -147,7 +149,7 @@ def db_grants(cluster, apply_, clickhouse_url):
     from . import grants
     from .cluster import render
     statements = grants.grant_statements(cluster)
-    if not apply_:
+    if not apply:
         click.echo(render(statements, grants.header(cluster)), nl=False)
         return
     if not clickhouse_url or not clickhouse_url.startswith(("http://", "https://")):
@@ -644,3 +646,8 @@ cli.add_command(detect)
 from upmetr_audit.grafana.cli import grafana  # noqa: E402  (registers after cli is defined)
 
 cli.add_command(grafana)
+
+from .integrity_cli import COMMANDS as _INTEGRITY_COMMANDS  # noqa: E402  (registers after cli)
+
+for _command in _INTEGRITY_COMMANDS:
+    cli.add_command(_command)
