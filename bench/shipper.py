@@ -7,17 +7,13 @@ one process, of
 * our fast mode (in memory, like the stock path, but never drops).
 
 All three send to the same local OTLP/HTTP sink (a subprocess that answers
-200 and counts the records it received), so delivery is checked too.
-
-    .venv/bin/python bench/shipper.py --events 20000 --threads 1 4
+200 and counts the records it received), so delivery is checked too. The
+events are the first ones of the shared workload (``bench.workload``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -31,11 +27,12 @@ from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
-from workload import event_attributes
 
 from upmetr_audit.shipper import AuditLogger
 from upmetr_audit.shipper import contract as c
 from upmetr_audit.shipper.catalog import EVENT_NAME_PREFIX
+
+from . import workload
 
 SINK = r"""
 import http.server, sys, threading
@@ -78,13 +75,10 @@ class Sink:
         self.proc.wait(10)
 
 
-def workload(n: int, seed: int) -> list[tuple[str, dict]]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        action = rng.choice(["auth.login", "auth.logout", "monitor.update", "incident.resolve"])
-        out.append((action, event_attributes(rng, action, f"org-{i % 20}", f"user{i % 97}@x.test")))
-    return out
+def emits(n: int, seed: int, end_us: int) -> list[tuple[str, dict]]:
+    """``(action, attributes)`` of the first ``n`` events of the shared workload."""
+    rows = next(workload.generate(n, seed, end_us)).to_pylist()
+    return [(row["action"], workload.event_attributes(row)) for row in rows]
 
 
 def emit_stock(logger, action, attrs):
@@ -92,13 +86,15 @@ def emit_stock(logger, action, attrs):
     logger.emit(event_name=EVENT_NAME_PREFIX + action, timestamp=time.time_ns(), attributes=attrs)
 
 
+_OWN = {c.ORG_ID, c.USER_EMAIL, c.STATUS, c.CLIENT_ADDRESS, c.REASON, c.CHANGES, c.RESOURCE_ID,
+        c.RESOURCE_TYPE, c.EVENT_ID}
+
+
 def emit_ours(audit, action, attrs):
-    kw = {"org": attrs[c.ORG_ID], "user": attrs[c.USER_EMAIL], "status": attrs[c.STATUS],
-          "ip": attrs[c.CLIENT_ADDRESS], "reason": attrs.get(c.REASON),
-          "changes": attrs.get(c.CHANGES), "user_agent": attrs[c.USER_AGENT]}
-    if c.RESOURCE_ID in attrs:
-        kw["resource"] = attrs[c.RESOURCE_ID]
-    audit.emit(action, **kw)
+    extra = {k: v for k, v in attrs.items() if k not in _OWN}  # user.id, session.id, details: as sent
+    audit.emit(action, org=attrs[c.ORG_ID], user=attrs[c.USER_EMAIL], status=attrs[c.STATUS],
+               ip=attrs[c.CLIENT_ADDRESS], reason=attrs.get(c.REASON), changes=attrs.get(c.CHANGES),
+               resource=attrs.get(c.RESOURCE_ID), **extra)
 
 
 def drive(emit, target, events, threads: int) -> tuple[float, list[float]]:
@@ -146,37 +142,24 @@ def measure(mode: str, sink: Sink, events, threads: int, tmp: str) -> dict:
             "delivered": sink.count() - before}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--events", type=int, default=20000, help="events per mode and run")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 4], help="emitting threads")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = parser.parse_args()
-    events = workload(args.events, args.seed)
+def run(run) -> dict:
+    events = emits(run.params["shipper_events"], run.seed, run.end_us)
     sink, tmp = Sink(), tempfile.mkdtemp(prefix="upmetr-bench-shipper-")
     results = []
     try:
-        for threads in args.threads:
+        for threads in run.params["shipper_threads"]:
             for mode in ("stock", "durable", "fast"):
                 results.append(measure(mode, sink, events, threads, tmp))
     finally:
         sink.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        print(json.dumps(results))
-        return 0
-    print(f"{'mode':<8} {'threads':>7} {'emits/s':>9} {'p50 µs':>8} {'p99 µs':>8} "
-          f"{'delivered':>9} {'vs stock':>8}")
     for r in results:
         stock = next(x for x in results if x["mode"] == "stock" and x["threads"] == r["threads"])
-        print(f"{r['mode']:<8} {r['threads']:>7} {r['emits_per_s']:>9,} {r['p50_us']:>8} "
-              f"{r['p99_us']:>8} {r['delivered']:>9} {r['emits_per_s'] / stock['emits_per_s']:>7.2f}x")
-    bad = [r for r in results if r["mode"] != "stock" and r["delivered"] != r["events"]]
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
+        r["vs_stock"] = round(r["emits_per_s"] / stock["emits_per_s"], 2)
+    lost = [r for r in results if r["mode"] != "stock" and r["delivered"] != r["events"]]
+    if lost:
+        raise RuntimeError(f"our shipper lost events: {lost}")
+    durable = [r for r in results if r["mode"] == "durable"]
+    return {"events": len(events), "results": results, "targets": {
+        "durable_0.5x_stock": min(r["vs_stock"] for r in durable) >= 0.5,
+        "durable_p99_le_1ms": max(r["p99_us"] for r in durable) <= 1000}}
