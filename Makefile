@@ -23,9 +23,9 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check collector shipper web dashboards tests bench
 	$(BIN)/pytest -n auto
 
+# make bench ARGS="--only P2 --size 10M"; see docs/benchmarks.md
 bench: $(VENV)/.installed
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/shipper.py
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
