@@ -17,11 +17,18 @@ from . import digests, keys, logs
 from . import store as store_mod
 from .cli import _fail_cleanly, _resolve_url
 from .errors import StoreLocked
-from .settings import options
+from .settings import ENV_PREFIX, options
 
 LOCKED_HINT = ("these integrity commands read the store directly: stop `upmetr-audit serve` "
                "(Ctrl-C), run the command, then start serve again; serve seals on its own "
                "schedule, so nothing is lost meanwhile (OTLP clients retry)")
+
+
+def _option(*decls, **kwargs):
+    """A click option with its UPMETR_AUDIT_<NAME> environment variable."""
+    name = next((d for d in decls if not d.startswith("-")), None) or max(
+        (d for d in decls if d.startswith("--")), key=len)[2:].replace("-", "_")
+    return click.option(*decls, envvar=ENV_PREFIX + name.upper(), show_envvar=True, **kwargs)
 
 
 def _now_us() -> int:
@@ -96,7 +103,7 @@ def keys_rotate(data_dir):
 
 @keys_group.command("export-public")
 @options("data_dir")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+@_option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write here instead of standard output.")
 @_fail_cleanly
 def keys_export_public(data_dir, out):
@@ -115,12 +122,12 @@ def keys_export_public(data_dir, out):
 
 @click.command()
 @options("data_dir", "clickhouse_url", "log_level")
-@click.option("--once", is_flag=True, help="Seal what is due, then exit.")
-@click.option("--interval", type=click.FloatRange(1), default=300.0, show_default=True,
+@_option("--once", is_flag=True, help="Seal what is due, then exit.")
+@_option("--interval", type=click.FloatRange(1), default=300.0, show_default=True,
               help="Seconds between sealing runs (loop mode).")
-@click.option("--window", type=click.IntRange(60), default=3600, show_default=True,
+@_option("--window", type=click.IntRange(60), default=3600, show_default=True,
               help="Window length in seconds, for orgs not sealed yet (an org keeps its first).")
-@click.option("--grace", type=click.IntRange(0), default=300, show_default=True,
+@_option("--grace", type=click.IntRange(0), default=300, show_default=True,
               help="Seconds after a window ends before it is sealed.")
 @_fail_cleanly
 def seal(data_dir, clickhouse_url, log_level, once, interval, window, grace):
@@ -165,15 +172,15 @@ def _print_window(w) -> None:
 
 @click.command()
 @options("data_dir", "clickhouse_url")
-@click.option("--org", default=None, help="Only this org.")
-@click.option("--since", type=TIME, default=None, help="Only windows ending after this time.")
-@click.option("--until", type=TIME, default=None, help="Only windows starting before this time.")
-@click.option("--digests", "digest_dir", type=click.Path(file_okay=False), default=None,
+@_option("--org", default=None, help="Only this org.")
+@_option("--since", type=TIME, default=None, help="Only windows ending after this time.")
+@_option("--until", type=TIME, default=None, help="Only windows starting before this time.")
+@_option("--digests", "digest_dir", type=click.Path(file_okay=False), default=None,
               help="Digest files to check against. Default: <data dir>/digests.")
-@click.option("--public-key", type=click.Path(dir_okay=False), default=None,
+@_option("--public-key", type=click.Path(dir_okay=False), default=None,
               help="Exported keyring or PEM public key. Default: <data dir>/keys/keyring.json.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("-v", "--verbose", is_flag=True, help="Also list erased windows.")
+@_option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_option("-v", "--verbose", is_flag=True, help="Also list erased windows.")
 @_fail_cleanly
 def verify(data_dir, clickhouse_url, org, since, until, digest_dir, public_key, as_json, verbose):
     """Recompute every sealed window from ClickHouse and check it against its seal,
@@ -232,7 +239,7 @@ def proof(event_id, data_dir, clickhouse_url):
 
 @click.command("verify-proof")
 @click.argument("proof_file", type=click.File("rb"))
-@click.option("--public-key", type=click.Path(dir_okay=False), required=True,
+@_option("--public-key", type=click.Path(dir_okay=False), required=True,
               help="Exported keyring (keys export-public) or PEM public key.")
 @_fail_cleanly
 def verify_proof(proof_file, public_key):
@@ -251,11 +258,11 @@ def verify_proof(proof_file, public_key):
 
 
 @click.command()
-@click.option("--org", required=True, help="The org whose events to erase from.")
-@click.option("--user-email", required=True, help="The person (matched exactly).")
-@click.option("--actor", default=None,
+@_option("--org", required=True, help="The org whose events to erase from.")
+@_option("--user-email", required=True, help="The person (matched exactly).")
+@_option("--actor", default=None,
               help="Who erases, recorded in the audit event. Default: $USER@<host>.")
-@click.option("--dry-run", is_flag=True, help="Only count the events.")
+@_option("--dry-run", is_flag=True, help="Only count the events.")
 @options("data_dir", "clickhouse_url")
 @_fail_cleanly
 def erase(org, user_email, actor, dry_run, data_dir, clickhouse_url):
