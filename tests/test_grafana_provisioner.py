@@ -87,7 +87,8 @@ class GrafanaStub:
             if path.endswith("/health"):
                 if self.healthy:
                     return 200, {"status": "OK", "message": "Data source is working"}
-                return 400, {"status": "ERROR", "message": "dial tcp 10.0.0.5:9000: connect: connection refused"}
+                return 400, {"status": "ERROR",
+                             "message": "dial tcp 10.0.0.5:9000: connect: connection refused"}
             if method == "GET":
                 ds = self.datasources.get(uid)
                 return (200, ds) if ds else nf
@@ -99,7 +100,8 @@ class GrafanaStub:
             return 200, {"datasource": self.datasources[body["uid"]], "id": 1, "message": "Datasource added"}
         if path.startswith("/api/folders"):
             if method == "POST":
-                self.folders[body["uid"]] = {"id": 3, "uid": body["uid"], "title": body["title"], "version": 1}
+                self.folders[body["uid"]] = {"id": 3, "uid": body["uid"], "title": body["title"],
+                                             "version": 1}
                 return 200, self.folders[body["uid"]]
             folder = self.folders.get(parts[3])
             if method == "GET":
@@ -114,7 +116,8 @@ class GrafanaStub:
             uid = body["dashboard"]["uid"]
             version = self.dashboards.get(uid, {}).get("dashboard", {}).get("version", 0) + 1
             self.dashboards[uid] = {"dashboard": {**body["dashboard"], "id": 7, "version": version},
-                                    "meta": {"folderUid": body["folderUid"], "slug": uid, "provisioned": False}}
+                                    "meta": {"folderUid": body["folderUid"], "slug": uid,
+                                             "provisioned": False}}
             return 200, {"id": 7, "uid": uid, "status": "success", "version": version, "url": f"/d/{uid}"}
         if path == "/api/v1/provisioning/contact-points":
             if method == "GET":
@@ -157,7 +160,8 @@ def provision(stub_url, *extra, token=TOKEN):
 
 BOARDS = tree.dashboards()
 EXPECTED_DS = tree.datasource({"host": "clickhouse", "port": 9000, "protocol": "native",
-                               "username": "upmetr_grafana", "defaultDatabase": "audit", "password": "s3cret"})
+                               "username": "upmetr_grafana", "defaultDatabase": "audit",
+                               "password": "s3cret"})
 GROUP_PATH = f"/api/v1/provisioning/folder/{FOLDER_UID}/rule-groups/{alerting.GROUP}"
 
 
@@ -175,8 +179,8 @@ def test_contract_first_run_creates_everything_with_exact_calls(grafana):
     ]
     for board in BOARDS:
         expected += [("GET", f"/api/dashboards/uid/{board['uid']}", None),
-                     ("POST", "/api/dashboards/db", {"dashboard": {**board, "id": None}, "folderUid": FOLDER_UID,
-                                                     "overwrite": True,
+                     ("POST", "/api/dashboards/db", {"dashboard": {**board, "id": None},
+                                                     "folderUid": FOLDER_UID, "overwrite": True,
                                                      "message": "upmetr-audit grafana provision"})]
     expected += [
         ("GET", "/api/v1/provisioning/contact-points", None),
