@@ -116,8 +116,9 @@ class Provisioner:
         except GrafanaTimeoutError:
             raise GrafanaError(f"Grafana at {self.url} did not answer in time ({what})") from None
         except (niquests.exceptions.ConnectionError, GrafanaException) as exc:
+            reason = re.search(r"\[Errno -?\d+\] [^')\"]+|Failed to resolve '[^']+'", str(exc))
             raise GrafanaError(f"cannot connect to Grafana at {self.url}: "
-                               f"{_first_line(str(exc))}") from None
+                               f"{reason.group(0) if reason else _first_line(str(exc))}") from None
 
     # -- steps -----------------------------------------------------------------
 
