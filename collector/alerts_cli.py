@@ -68,7 +68,8 @@ def describe(opts: dict) -> str:
 
 @click.command()
 @options("data_dir", "clickhouse_url", "log_level", *ALERT_OPTIONS)
-@click.option("--once", is_flag=True, help="Run once, deliver what can be delivered now, and exit.")
+@click.option("--once", is_flag=True, envvar="UPMETR_AUDIT_ONCE", show_envvar=True,
+              help="Run once, deliver what can be delivered now, and exit.")
 @_fail_cleanly
 def detect(data_dir, clickhouse_url, log_level, once, **opts):
     """Evaluate the failed-login spike rules and keep the alerts up to date.
