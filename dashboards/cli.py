@@ -39,58 +39,64 @@ def grafana():
 
 
 @grafana.command()
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "grafana_out", required=True, type=click.Path(file_okay=False),
+              envvar="UPMETR_AUDIT_GRAFANA_OUT", show_envvar=True,
               help="Directory to write the provisioning tree into (mount it as /etc/grafana/provisioning).")
 @_rules_option
 @_fail_cleanly
-def export(out_dir, alert_rules):
+def export(grafana_out, alert_rules):
     """Write the provisioning tree: data source, dashboards, alert rules, contact point, policy."""
     files = tree.build(rules_mod.load(alert_rules))
     try:
-        tree.write(out_dir, files)
+        tree.write(grafana_out, files)
     except OSError as exc:
-        raise click.ClickException(f"cannot write to {out_dir}: {exc.strerror}") from None
-    click.echo(f"wrote {len(files)} files to {out_dir}")
+        raise click.ClickException(f"cannot write to {grafana_out}: {exc.strerror}") from None
+    click.echo(f"wrote {len(files)} files to {grafana_out}")
 
 
-def _env(key: str) -> str:
-    return tree.ENV[key]
+def _ch(flag: str, key: str, **kwargs):
+    """An option whose parameter name gives its env var (UPMETR_AUDIT_<NAME>), the one the
+    provisioning files read too."""
+    env = tree.ENV[key]
+    return click.option(flag, env.removeprefix("UPMETR_AUDIT_").lower(), envvar=env, show_envvar=True,
+                        **kwargs)
 
 
 @grafana.command()
-@click.option("--url", required=True, envvar="GRAFANA_URL", show_envvar=True, help="Grafana's base URL.")
-@click.option("--token", required=True, envvar="GRAFANA_TOKEN", show_envvar=True,
-              help="A service account token with the Admin role.")
-@click.option("--dry-run", is_flag=True, help="Read Grafana and print the plan; change nothing.")
-@click.option("--clickhouse-host", default="clickhouse", show_default=True, envvar=_env("host"),
-              show_envvar=True, help="ClickHouse host as Grafana reaches it.")
-@click.option("--clickhouse-protocol", type=click.Choice(sorted(_PROTOCOLS)), default="native",
-              show_default=True, envvar=_env("protocol"), show_envvar=True)
-@click.option("--clickhouse-port", type=click.IntRange(1, 65535), default=None, envvar=_env("port"),
-              show_envvar=True, help="Default: 9000 (native) or 8123 (http).")
-@click.option("--clickhouse-user", default="upmetr_grafana", show_default=True, envvar=_env("username"),
-              show_envvar=True, help="The read-only user of `upmetr-audit db grants`.")
-@click.option("--clickhouse-database", default="audit", show_default=True, envvar=_env("defaultDatabase"),
-              show_envvar=True)
-@click.option("--clickhouse-password", default="", envvar=_env("password"), show_envvar=True,
-              help="Its password.")
-@click.option("--webhook-url", required=True, envvar=_env("webhook"), show_envvar=True,
-              help="Where Grafana posts alert notifications.")
+@click.option("--url", "grafana_url", required=True, envvar="UPMETR_AUDIT_GRAFANA_URL", show_envvar=True,
+              help="Grafana's base URL.")
+@click.option("--token", "grafana_token", required=True, envvar="UPMETR_AUDIT_GRAFANA_TOKEN",
+              show_envvar=True, help="A service account token with the Admin role.")
+@click.option("--dry-run", "grafana_dry_run", is_flag=True, envvar="UPMETR_AUDIT_GRAFANA_DRY_RUN",
+              show_envvar=True, help="Read Grafana and print the plan; change nothing.")
+@_ch("--clickhouse-host", "host", default="clickhouse", show_default=True,
+     help="ClickHouse host as Grafana reaches it.")
+@_ch("--clickhouse-protocol", "protocol", type=click.Choice(sorted(_PROTOCOLS)), default="native",
+     show_default=True)
+@_ch("--clickhouse-port", "port", type=click.IntRange(1, 65535), default=None,
+     help="Default: 9000 (native) or 8123 (http).")
+@_ch("--clickhouse-user", "username", default="upmetr_grafana", show_default=True,
+     help="The read-only user of `upmetr-audit db grants`.")
+@_ch("--clickhouse-database", "defaultDatabase", default="audit", show_default=True)
+@_ch("--clickhouse-password", "password", default="", help="Its password.")
+@_ch("--webhook-url", "webhook", required=True, help="Where Grafana posts alert notifications.")
 @_rules_option
 @_fail_cleanly
-def provision(url, token, dry_run, clickhouse_host, clickhouse_protocol, clickhouse_port, clickhouse_user,
-              clickhouse_database, clickhouse_password, webhook_url, alert_rules):
+def provision(grafana_url, grafana_token, grafana_dry_run, grafana_ch_host, grafana_ch_protocol,
+              grafana_ch_port, grafana_ch_user, grafana_ch_database, db_password_grafana,
+              grafana_webhook_url, alert_rules):
     """Create or update everything through Grafana's API; a second run changes nothing."""
     from . import provisioner
 
     ruleset = rules_mod.load(alert_rules)
-    api = provisioner.connect(url, token)
-    values = {"host": clickhouse_host, "protocol": clickhouse_protocol,
-              "port": clickhouse_port or _PROTOCOLS[clickhouse_protocol], "username": clickhouse_user,
-              "defaultDatabase": clickhouse_database, "password": clickhouse_password}
-    plan = provisioner.Provisioner(api, url, datasource_values=values, webhook_url=webhook_url,
-                                   ruleset=ruleset).run(dry_run=dry_run)
+    api = provisioner.connect(grafana_url, grafana_token)
+    values = {"host": grafana_ch_host, "protocol": grafana_ch_protocol,
+              "port": grafana_ch_port or _PROTOCOLS[grafana_ch_protocol], "username": grafana_ch_user,
+              "defaultDatabase": grafana_ch_database, "password": db_password_grafana}
+    plan = provisioner.Provisioner(api, grafana_url, datasource_values=values,
+                                   webhook_url=grafana_webhook_url, ruleset=ruleset)
+    plan = plan.run(dry_run=grafana_dry_run)
     for step in plan.steps:
         click.echo(str(step))
-    verb = "would change" if dry_run else "changed"
+    verb = "would change" if grafana_dry_run else "changed"
     click.echo(f"{verb} {plan.changed} of {len(plan.steps)} resources")
