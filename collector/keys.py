@@ -55,6 +55,7 @@ class Keyring:
 
     def __init__(self, keys: dict[str, PublicKey], active: str | None, private=None):
         self.keys, self.active, self._private = keys, active, private
+        self._verifiers: dict = {}
 
     @property
     def can_sign(self) -> bool:
@@ -84,7 +85,10 @@ class Keyring:
             return f"signed by key {key_id} after it was retired"
         try:
             sig = base64.b64decode(signature, validate=True)
-            Ed25519PublicKey.from_public_bytes(key.raw).verify(sig, domain + digest)
+            verifier = self._verifiers.get(key_id)
+            if verifier is None:
+                verifier = self._verifiers[key_id] = Ed25519PublicKey.from_public_bytes(key.raw)
+            verifier.verify(sig, domain + digest)
         except (InvalidSignature, ValueError):
             return f"signature does not verify with key {key_id}"
         return None

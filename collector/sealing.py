@@ -65,9 +65,9 @@ class Seal:
         return {"type": "seal", **self.body(), "seal_hash": self.seal_hash,
                 "signature": self.signature, "sealed_at_us": self.sealed_at_us}
 
-    def identity(self) -> tuple:
+    def identity(self) -> str:
         """Everything but ``sealed_at``: equal for two writes of one seal."""
-        return tuple(self.line()[k] for k in sorted(self.line()) if k != "sealed_at_us")
+        return digests.dumps(self.body()) + self.seal_hash + self.signature
 
     @classmethod
     def from_line(cls, obj: dict) -> Seal:
@@ -112,6 +112,12 @@ def sign(seal: Seal, keyring: Keyring) -> Seal:
 
 def to_dt(us: int) -> dt.datetime:
     return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
+
+
+def iso(us: int) -> str:
+    """``2026-10-01T10:00:00Z`` (microseconds only when there are some)."""
+    text = to_dt(us).isoformat().replace("+00:00", "Z")
+    return text.replace(".000000", "")
 
 
 def _us(param: str) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -238,50 +239,34 @@ def _name_events(client, w: WindowResult, seal: Seal, erasure_ids: list[str]) ->
         w.status = "extra events"
 
 
-def _check_window(client, w: WindowResult, db: list[Seal] | None, dg: _Digests, keyring: Keyring,
-                  prev: Seal | None, first: bool, stats: tuple[int, int, str] | None,
-                  erasure_ids: list[str]) -> None:
-    key = (w.org_id, w.window_start_us)
-    line = dg.seals.get(key)
-    n, erased_n, root = stats or (0, 0, leafhash.EMPTY_ROOT)
-    w.actual_count = n
-    if not db:
-        w.status = "missing seal"
-        w.problems.append("no seal in ClickHouse" + (" (the digest files have one)" if line else ""))
-        return
+def _check_seal(key: tuple[str, int], db: list[Seal], dg: _Digests, keyring: Keyring,
+                prev: Seal | None, first: bool) -> tuple[str, str] | None:
+    """``(status, problem)`` if the seal row of a window is not authentic, not
+    published, or not chained; ``None`` if it is good. Needs no event data."""
     if len(db) > 1:
-        w.status = "broken chain"
-        w.problems.append(f"{len(db)} different seals for this window")
-        return
+        return "broken chain", f"{len(db)} different seals for this window"
     seal = db[0]
-    w.sealed_count = seal.event_count
     if seal.computed_hash() != seal.seal_hash:
-        w.status = "bad signature"
-        w.problems.append("the seal row does not match its own hash (edited)")
-        return
+        return "bad signature", "the seal row does not match its own hash (edited)"
     problem = keyring.check(seal.key_id, SEAL_DOMAIN, bytes.fromhex(seal.seal_hash), seal.signature,
                             signed_through_us=seal.window_end_us)
     if problem:
-        w.status = "bad signature"
-        w.problems.append(problem)
-        return
+        return "bad signature", problem
+    line = dg.seals.get(key)
     if line is None:
-        w.status = "digest mismatch"
-        w.problems.append("the seal is in ClickHouse but not in the digest files")
-        return
+        return "digest mismatch", "the seal is in ClickHouse but not in the digest files"
     if line.identity() != seal.identity() or key in dg.bad:
-        w.status = "digest mismatch"
-        w.problems.append(dg.bad.get(key, "the digest files hold a different seal for this window"))
-        return
-    expected_prev = GENESIS if first else (prev.seal_hash if prev else None)
+        return "digest mismatch", dg.bad.get(key, "the digest files hold a different seal for this window")
     if first and seal.prev_seal_hash != GENESIS:
-        w.status = "broken chain"
-        w.problems.append("the org's first seal does not start the chain (older seals deleted?)")
-        return
-    if expected_prev is not None and seal.prev_seal_hash != expected_prev:
-        w.status = "broken chain"
-        w.problems.append("the previous-seal hash is not the hash of the seal before")
-        return
+        return "broken chain", "the org's first seal does not start the chain (older seals deleted?)"
+    if prev is not None and seal.prev_seal_hash != prev.seal_hash:
+        return "broken chain", "the previous-seal hash is not the hash of the seal before"
+    return None
+
+
+def _check_content(client, w: WindowResult, seal: Seal, stats: tuple[int, int, str] | None,
+                   erasure_ids: list[str]) -> None:
+    n, erased_n, root = stats or (0, 0, leafhash.EMPTY_ROOT)
     if n == seal.event_count and root == seal.merkle_root:
         w.status = "erased" if erased_n else "valid"
         return
@@ -344,18 +329,38 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
     scan_lo, scan_hi = lo // step * step, -(-hi // max_w) * max_w
     slices = list(range(scan_lo, scan_hi, step))
     cut: set[tuple[str, int]] = set()
-    for i, s0 in enumerate(slices):
-        where = f"{org_cond} AND received_at >= {_us('s0')} AND received_at < {_us('s1')}"
-        rows = client.query(
-            window_stats_sql(where, width_sql, "AND erasure_id IN {erasure_ids:Array(String)}"),
-            parameters={**base, "s0": s0, "s1": min(s0 + step, scan_hi)}).result_rows
-        for o, ws, n, erased_n, root in rows:
-            if (o, ws) in stats:
-                cut.add((o, ws))
-            stats[(o, ws)] = (n, erased_n, root)
-            events_checked += n
-        if progress:
-            progress(i + 1, len(slices))
+    failure: list[BaseException] = []
+
+    def recompute() -> None:
+        nonlocal events_checked
+        try:
+            for i, s0 in enumerate(slices):
+                where = f"{org_cond} AND received_at >= {_us('s0')} AND received_at < {_us('s1')}"
+                rows = client.query(
+                    window_stats_sql(where, width_sql, "AND erasure_id IN {erasure_ids:Array(String)}"),
+                    parameters={**base, "s0": s0, "s1": min(s0 + step, scan_hi)}).result_rows
+                for o, ws, n, erased_n, root in rows:
+                    if (o, ws) in stats:
+                        cut.add((o, ws))
+                    stats[(o, ws)] = (n, erased_n, root)
+                    events_checked += n
+                if progress:
+                    progress(i + 1, len(slices))
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    # ClickHouse works (without the GIL) while this thread checks the seals.
+    worker = threading.Thread(target=recompute, name="verify-recompute", daemon=True)
+    worker.start()
+    auth: dict[tuple[str, int], tuple[str, str] | None] = {}
+    for key, seals in db.items():
+        o, ws = key
+        prev = db.get((o, ws - widths[o]))
+        auth[key] = _check_seal(key, seals, dg, keyring, prev[0] if prev and len(prev) == 1 else None,
+                                ws == starts[o])
+    worker.join()
+    if failure:
+        raise failure[0]
     for o, ws in cut:  # a window across a slice edge (its width does not divide the slice)
         stats[(o, ws)] = _whole_window(client, o, ws, widths[o], base)
 
@@ -380,11 +385,17 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
                 if key in stats:
                     counts["pending"] += 1
                 continue
-            prev = db.get((o, ws - w_us))
-            w = WindowResult(o, ws, ws + w_us, "valid")
-            _check_window(client, w, db.get(key), dg, keyring,
-                          prev[0] if prev and len(prev) == 1 else None, ws == start,
-                          stats.get(key), erasure_ids)
+            w = WindowResult(o, ws, ws + w_us, "valid", actual_count=stats.get(key, (0,))[0])
+            if key not in db:
+                w.status = "missing seal"
+                w.problems.append("no seal in ClickHouse"
+                                  + (" (the digest files have one)" if key in dg.seals else ""))
+            elif auth[key]:
+                w.status, problem = auth[key]
+                w.problems.append(problem)
+            else:
+                w.sealed_count = db[key][0].event_count
+                _check_content(client, w, db[key][0], stats.get(key), erasure_ids)
             report(w)
         # Events before an org's first seal were inserted after it was sealed.
         for (oo, ws), (n, _, _) in sorted(stats.items()):
