@@ -306,7 +306,8 @@ def _allow_sql(nets: tuple[str, ...]) -> str:
     return "NOT (" + " OR ".join(ranges) + ")"
 
 
-def _failed_actions_sql(r: Rule) -> str:
+def failed_actions_sql(r: Rule) -> str:
+    """The actions whose failures a rule counts, as a SQL condition."""
     actions = [LOGIN] + [MFA_VERIFY] * r.count_mfa + [MAGIC_LINK_VERIFY] * r.count_magic_link
     return "action IN (" + ", ".join(f"'{a}'" for a in actions) + ")"
 
@@ -345,7 +346,7 @@ def rule_sql(rules: RuleSet, rule_id: str, end: str) -> str | None:
     severity, threshold = _severity_sql(per)
     if rule.kind == "success_after":
         return _success_after_sql(rule, enabled, allow, window, max_window, end)
-    failed = per.cond(_failed_actions_sql)
+    failed = per.cond(failed_actions_sql)
     if rule.kind == "spike":
         return _spike_sql(per, enabled, allow, failed, severity, threshold, end)
     key_col = {"user": "user_email", "ip": IP_TEXT}[rule.key]

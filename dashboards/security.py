@@ -30,7 +30,7 @@ FROM (
 INNER JOIN (
     SELECT org_id, user_email, timestamp FROM {EVENTS}
     WHERE timestamp >= $__fromTime_ms - INTERVAL {minutes} MINUTE AND timestamp <= $__toTime_ms
-      AND {org} AND status = 'failure' AND {rules_mod._failed_actions_sql(brute)}) AS f
+      AND {org} AND status = 'failure' AND {rules_mod.failed_actions_sql(brute)}) AS f
     ON s.org_id = f.org_id AND s.user_email = f.user_email
 GROUP BY s.event_id, time, org_id, user_email, client_ip
 HAVING failures_before >= {at_least}
