@@ -48,3 +48,26 @@ def test_readme_opens_with_the_run_and_test_commands():
                                   "otlp_grpc_addr", "web_addr", "ingest_tokens"])
 def test_readme_documents_the_main_settings(name):
     assert f"`{SETTINGS[name].envvar}`" in read("README.md")
+
+
+@pytest.mark.parametrize("rule_id", ["user_brute_force", "ip_brute_force", "password_spraying",
+                                     "credential_stuffing", "distributed_attack", "org_spike",
+                                     "success_after_failures"])
+def test_alerts_doc_lists_every_rule(rule_id):
+    from upmetr_audit.collector.rules import DEFAULT_RULES
+    assert rule_id in DEFAULT_RULES
+    assert f"`{rule_id}`" in read("docs/alerts.md")
+
+
+def test_alerts_doc_lists_every_alert_setting():
+    from upmetr_audit.collector.settings import ALERT_OPTIONS
+    doc = read("docs/alerts.md")
+    for name in ALERT_OPTIONS:
+        assert SETTINGS[name].flag in doc, name
+
+
+def test_alerts_doc_lists_every_settable_rule_field():
+    from upmetr_audit.collector.rules import _SETTABLE
+    doc = read("docs/alerts.md")
+    for field in set().union(*_SETTABLE.values()):
+        assert f"`{field}`" in doc, field
