@@ -1,7 +1,8 @@
 """The durable log record processor: the OTel SDK's processor slot, with a
 spool instead of a drop-oldest queue, and a worker that never gives up.
 
-``on_emit`` encodes the record with the SDK's OTLP encoder and appends it to
+``on_emit`` encodes the record with the SDK's OTLP encoder (the resource and
+scope envelope encoded once, see :class:`RecordEncoder`) and appends it to
 the spool; in durable mode it returns once the record is fsynced. A worker
 thread reads records in order, sends them, and:
 
@@ -32,7 +33,11 @@ from collections import deque
 from dataclasses import asdict, dataclass
 
 from google.protobuf import json_format
-from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.common._internal import (
+    _encode_instrumentation_scope,
+    _encode_resource,
+)
+from opentelemetry.exporter.otlp.proto.common._internal._log_encoder import _encode_log
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.sdk._logs import LogRecordProcessor
 
@@ -120,6 +125,55 @@ class DeadLetter:
             f.flush()
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _string_field(number: int, text: str | None) -> bytes:
+    return _field(number, text.encode()) if text else b""  # proto3: "" is not written
+
+
+class RecordEncoder:
+    """One log record as a serialized ``ExportLogsServiceRequest``: the bytes
+    the SDK's ``encode_logs([record]).SerializeToString()`` gives, without
+    re-encoding the resource and the scope for every record.
+
+    The record itself goes through the SDK's encoder (``_encode_log``); the
+    resource and the scope, the same for every record of a logger, are
+    encoded once by the SDK's encoders and kept as bytes. The envelope is
+    written in field-number order, as protobuf serializes it:
+    ``ResourceLogs{resource=1, scope_logs=2, schema_url=3}``,
+    ``ScopeLogs{scope=1, log_records=2, schema_url=3}``.
+    """
+
+    def __init__(self):
+        self._resource = self._scope = None
+        # the resource's field and schema url; the scope's field and schema url
+        self._head = self._tail = self._scope_head = self._scope_tail = b""
+
+    def encode(self, record) -> bytes:
+        resource, scope = record.resource, record.instrumentation_scope or None
+        if resource is not self._resource or scope is not self._scope:  # a logger's are the same objects
+            self._head = _field(1, _encode_resource(resource).SerializeToString())
+            self._scope_head = b"" if scope is None else _field(
+                1, _encode_instrumentation_scope(scope).SerializeToString())
+            self._scope_tail = _string_field(3, scope.schema_url if scope else None)
+            self._tail = _string_field(3, resource.schema_url)
+            self._resource, self._scope = resource, scope
+        scope_logs = self._scope_head + _field(2, _encode_log(record).SerializeToString()) + self._scope_tail
+        return _field(1, self._head + _field(2, scope_logs) + self._tail)
+
+
 def _record_time_ns(payload: bytes) -> int:
     req = ExportLogsServiceRequest.FromString(payload)
     for rl in req.resource_logs:
@@ -170,6 +224,7 @@ class DurableLogRecordProcessor(LogRecordProcessor):
         self._stopping = threading.Event()
         self._shutdown = False
         self._oldest_ns = 0
+        self._encoder = RecordEncoder()
         self._worker = threading.Thread(target=self._run, name="upmetr-audit-shipper", daemon=True)
         self._worker.start()
 
@@ -178,7 +233,7 @@ class DurableLogRecordProcessor(LogRecordProcessor):
     def on_emit(self, log_record) -> None:
         if self._shutdown:
             raise SpoolError(0, "the audit shipper is shut down")
-        payload = encode_logs([log_record]).SerializeToString()
+        payload = self._encoder.encode(log_record)
         self.queue.append(payload, timeout_s=self.emit_timeout_s)
         with self._lock:
             self.stats.pending += 1
