@@ -288,4 +288,45 @@ def erase(org, user_email, actor, dry_run, data_dir, clickhouse_url):
                    f"{done.subject}, erasure {done.erasure_id} (audit event {done.audit_event_id})")
 
 
-COMMANDS = (keys_group, seal, verify, proof, verify_proof, erase)
+# -- monthly report ------------------------------------------------------------------------
+
+
+@click.command()
+@_option("--org", required=True, help="The org.")
+@_option("--month", required=True, help="The month, YYYY-MM (UTC).")
+@_option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+         help="Folder of the report. Default: <data dir>/reports.")
+@options("data_dir", "clickhouse_url")
+@_fail_cleanly
+def report(org, month, out_dir, data_dir, clickhouse_url):
+    """Write the monthly review (HTML, self-contained) and its signed manifest:
+    failed logins, spike alerts, team, MFA, token and settings changes, and
+    the month's seal verification."""
+    from . import report as report_mod
+    from . import verify as verify_mod
+
+    start, end = report_mod.month_range(month)
+    ring = keys.load(_keys_dir(data_dir))
+    out_dir = out_dir or os.path.join(data_dir, "reports")
+    now = _now_us()
+    with _store(data_dir, clickhouse_url) as client:
+        integrity = verify_mod.verify(client, ring, digests.digests_dir_for(data_dir), now, org=org,
+                                      since_us=int(start.timestamp() * 1e6),
+                                      until_us=int(end.timestamp() * 1e6))
+        html, manifest = report_mod.build(client, ring, org, month, out_dir, now, integrity)
+    click.echo(f"report     {html}\nsigned     {manifest}\nintegrity  {integrity.summary()}")
+
+
+@click.command("verify-report")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@_option("--public-key", type=click.Path(dir_okay=False), required=True,
+         help="Exported keyring (keys export-public) or PEM public key.")
+@_fail_cleanly
+def verify_report(manifest, public_key):
+    """Check a report against its signed manifest (offline)."""
+    from . import report as report_mod
+
+    click.echo("valid: " + report_mod.check(manifest, keys.load_public(public_key)))
+
+
+COMMANDS = (keys_group, seal, verify, proof, verify_proof, erase, report, verify_report)

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from integrity_helpers import HOUR, MIN, event, insert
 
+from upmetr_audit.collector import report
 from upmetr_audit.collector import store as store_mod
 from upmetr_audit.collector.cli import cli
 
@@ -126,3 +127,41 @@ def test_a_locked_store_says_how_to_run_the_command(data):
     finally:
         holder.close()
     assert "is locked by process" in out and "stop `upmetr-audit serve`" in out
+
+
+def test_monthly_report_is_escaped_signed_and_checkable(data, tmp_path):
+    d, _ = data
+    now = time.time_ns() // 1000
+    store = store_mod.open_store(f"chdb://{d}/clickhouse")
+    try:
+        insert(store.client, [
+            event(received_us=now - 2 * HOUR, user="<script>alert(1)</script>@x", status="failure"),
+            event(received_us=now - 2 * HOUR, action="mfa.disable", user="ana@example.com"),
+            event(received_us=now - 2 * HOUR, action="agent.token_regenerate", resource_type="agent",
+                  resource_id="agent-7"),
+            event(received_us=now - 2 * HOUR, action="team.user_update", resource_type="user",
+                  resource_id="u-9", changes='{"role": {"before": "viewer", "after": "admin"}}'),
+        ])
+    finally:
+        store.close()
+    month = time.strftime("%Y-%m", time.gmtime((now - 2 * HOUR) / 1e6))
+    out = run("report", "--org", "org-a", "--month", month, "--out", tmp_path / "r", "--data-dir", d).output
+    assert "signed" in out
+    html = (tmp_path / "r" / f"audit-review-org-a-{month}.html").read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;@x" in html
+    for text in ("mfa.disable", "agent.token_regenerate", "team.user_update", "&#34;admin&#34;",
+                 "failed logins"):
+        assert text in html, text
+    assert "<link" not in html and "src=" not in html  # self-contained
+    run("keys", "export-public", "--data-dir", d, "--out", tmp_path / "pub.json")
+    manifest = tmp_path / "r" / f"audit-review-org-a-{month}.json"
+    assert run("verify-report", manifest, "--public-key", tmp_path / "pub.json").output.startswith("valid:")
+    html_file = tmp_path / "r" / f"audit-review-org-a-{month}.html"
+    html_file.write_text(html.replace("mfa.disable", "mfa.enable"))
+    out = run("verify-report", manifest, "--public-key", tmp_path / "pub.json", ok=False).output
+    assert "was changed after it was signed" in out
+    assert [r["month"] for r in report.list_reports(str(tmp_path / "r"))] == [month]
+    assert "is not YYYY-MM" in run("report", "--org", "org-a", "--month", "2026-13", "--data-dir", d,
+                                   ok=False).output
+    assert "must be 1-128" in run("report", "--org", "../x", "--month", month, "--data-dir", d,
+                                  ok=False).output
