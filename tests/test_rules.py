@@ -1,16 +1,21 @@
 """Rule configuration: overrides per rule and per org, and one clear line for
 every bad value; `detect --once` end to end, and its refusal of bad rules."""
 
+import json
 import subprocess
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from test_cli import EXE
 
 from upmetr_audit.collector import rules
 from upmetr_audit.collector import store as store_mod
+from upmetr_audit.collector.notify import verify_signature
 
 import scenarios as sc
-from helpers import insert_events
+from helpers import insert_events, wait_for
 
 
 def test_defaults_match_the_documented_table():
@@ -87,7 +92,6 @@ def test_detect_once_end_to_end_and_bad_rules(tmp_path):
     s = store_mod.open_store(f"chdb://{data}/clickhouse")
     store_mod.migrate(s.client)
     # The attack is "now" for the detector: shift the scenario to the present.
-    from datetime import UTC, datetime
     shift = datetime.now(UTC).replace(microsecond=0) - sc.m(6)
     insert_events(s.client, [dict(e, timestamp=e["timestamp"] + shift) for e in sc.brute_force(11)])
     s.close()
@@ -105,3 +109,52 @@ def test_detect_once_end_to_end_and_bad_rules(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip() == ("Error: alert rules: rules.ip_brute_force.critical: "
                                 "must be a whole number from 1 to 1000000")
+
+
+def test_serve_runs_the_detector_and_posts_to_the_webhook(tmp_path):
+    """The detector inside serve: seeded attack → alert row → signed webhook."""
+
+    got = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    data = tmp_path / "data"
+    s = store_mod.open_store(f"chdb://{data}/clickhouse")
+    store_mod.migrate(s.client)
+    shift = datetime.now(UTC).replace(microsecond=0) - sc.m(6)
+    insert_events(s.client, [dict(e, timestamp=e["timestamp"] + shift) for e in sc.brute_force(6)])
+    s.close()
+    proc = subprocess.Popen(
+        [EXE, "serve", "--data-dir", str(data), "--otlp-http-addr", "127.0.0.1:0",
+         "--otlp-grpc-addr", "127.0.0.1:0", "--web-addr", "127.0.0.1:0", "--summary-interval", "0",
+         "--alert-webhook-url", f"http://127.0.0.1:{hook.server_port}/h",
+         "--alert-webhook-secret", "s3cret-s3cret", "--public-url", "https://audit.example"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killer = threading.Timer(120, proc.kill)
+    killer.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("detector"):
+                assert "notifications: webhook" in line
+                break
+        wait_for(lambda: got, timeout_s=60)
+        headers, body = got[0]
+        p = json.loads(body)
+        assert (p["event"], p["rule"], p["key"]) == ("opened", "user_brute_force", "victim@acme.test")
+        assert p["link"].startswith("https://audit.example/audit?")
+        assert verify_signature("s3cret-s3cret", body, headers["X-Upmetr-Signature"])
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        killer.cancel()
+        hook.shutdown()
+    assert proc.returncode == 0
