@@ -358,9 +358,10 @@ def rule_sql(rules: RuleSet, rule_id: str, end: str) -> str | None:
     {threshold} AS threshold,
     {end} - toIntervalMinute({window}) AS window_start,
     {end} AS window_end"""
-    if rule.kind == "failures":
+    if rule.kind in ("failures", "distributed"):
+        measure = "count()" if rule.kind == "failures" else "uniqExact(ip)"
         return f"""
-SELECT org_id, '{rule.key}' AS key_type, {key_col} AS key, count() AS value, {severity} AS severity,
+SELECT org_id, '{rule.key}' AS key_type, {key_col} AS key, {measure} AS value, {severity} AS severity,
     count() AS failures, min(timestamp) AS first_seen, max(timestamp) AS last_seen,
     arraySort(groupArray(10)(toString(event_id))) AS samples,{common}
 FROM {schema.EVENTS_TABLE}
@@ -381,15 +382,6 @@ FROM (
     GROUP BY org_id, key, user_email)
 GROUP BY org_id, key
 HAVING value >= threshold AND max(attempts) <= {per_user}"""
-    if rule.kind == "distributed":
-        return f"""
-SELECT org_id, '{rule.key}' AS key_type, {key_col} AS key, uniqExact(ip) AS value, {severity} AS severity,
-    count() AS failures, min(timestamp) AS first_seen, max(timestamp) AS last_seen,
-    arraySort(groupArray(10)(toString(event_id))) AS samples,{common}
-FROM {schema.EVENTS_TABLE}
-WHERE {where}
-GROUP BY org_id, key
-HAVING value >= threshold"""
     raise AssertionError(rule.kind)
 
 

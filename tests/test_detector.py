@@ -235,3 +235,31 @@ def test_detector_sql_reads_a_bounded_part_of_the_table(store):
     assert "PrimaryKey" in plan and "timestamp" in plan
     assert "Partition" in plan
 
+
+
+def test_two_detectors_running_concurrently_raise_one_alert(store):
+    """Two instances (threads sharing chDB, as two processes would share a
+    server) evaluate the same instant at once: one alert, identical rows per
+    version, and the same delivery id for any notification both send."""
+    import threading
+
+    insert_events(store.client, sc.brute_force(11))
+    barrier = threading.Barrier(2)
+    notes = []
+
+    def run():
+        det = Detector(store.client, notify=lambda row, rule: notes.append(
+            f"{row['alert_id']}.{row['version']}"))
+        barrier.wait()
+        det.run_once(sc.m(8))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    [alert] = current_alerts(store.client)
+    assert alert["severity"] == "critical"
+    rows = store.client.query(f"SELECT DISTINCT * FROM {schema.ALERTS_TABLE}").result_rows
+    assert len(rows) == 1                       # both wrote the same row, or one wrote nothing
+    assert len(set(notes)) == 1 and 1 <= len(notes) <= 2

@@ -87,14 +87,19 @@ def test_org_ids_in_generated_sql_are_validated_literals():
     assert "org_id = 'org_b.x:1@y'" in sql
 
 
-def test_detect_once_end_to_end_and_bad_rules(tmp_path):
+def seeded_now(tmp_path, events):
+    """A data dir whose store holds ``events`` shifted so that T+6 min is now."""
     data = tmp_path / "data"
     s = store_mod.open_store(f"chdb://{data}/clickhouse")
     store_mod.migrate(s.client)
-    # The attack is "now" for the detector: shift the scenario to the present.
     shift = datetime.now(UTC).replace(microsecond=0) - sc.m(6)
-    insert_events(s.client, [dict(e, timestamp=e["timestamp"] + shift) for e in sc.brute_force(11)])
+    insert_events(s.client, [dict(e, timestamp=e["timestamp"] + shift) for e in events])
     s.close()
+    return data
+
+
+def test_detect_once_end_to_end_and_bad_rules(tmp_path):
+    data = seeded_now(tmp_path, sc.brute_force(11))
     r = subprocess.run([EXE, "detect", "--once", "--data-dir", str(data)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -127,12 +132,7 @@ def test_serve_runs_the_detector_and_posts_to_the_webhook(tmp_path):
 
     hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
-    data = tmp_path / "data"
-    s = store_mod.open_store(f"chdb://{data}/clickhouse")
-    store_mod.migrate(s.client)
-    shift = datetime.now(UTC).replace(microsecond=0) - sc.m(6)
-    insert_events(s.client, [dict(e, timestamp=e["timestamp"] + shift) for e in sc.brute_force(6)])
-    s.close()
+    data = seeded_now(tmp_path, sc.brute_force(6))
     proc = subprocess.Popen(
         [EXE, "serve", "--data-dir", str(data), "--otlp-http-addr", "127.0.0.1:0",
          "--otlp-grpc-addr", "127.0.0.1:0", "--web-addr", "127.0.0.1:0", "--summary-interval", "0",
