@@ -165,3 +165,16 @@ def test_monthly_report_is_escaped_signed_and_checkable(data, tmp_path):
                                    ok=False).output
     assert "must be 1-128" in run("report", "--org", "../x", "--month", month, "--data-dir", d,
                                   ok=False).output
+
+
+def test_verify_benchmark_runs_at_tiny_size():
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join(root, "bench", "verify.py"), "--events", "3000",
+                        "--days", "1", "--json"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    # every org from its first event on: at most 24 windows each (measure() fails unless verify passed)
+    assert result["events"] == 3000 and 0 < result["windows"] <= 24 * 50
+    assert result["verify_events_per_s"] > 0
