@@ -88,11 +88,12 @@ def test_org_ids_in_generated_sql_are_validated_literals():
 
 
 def seeded_now(tmp_path, events):
-    """A data dir whose store holds ``events`` shifted so that T+6 min is now."""
+    """A data dir whose store holds ``events`` shifted so that T+7 min is now
+    (every scenario event is then older than the detector's one-minute lag)."""
     data = tmp_path / "data"
     s = store_mod.open_store(f"chdb://{data}/clickhouse")
     store_mod.migrate(s.client)
-    shift = datetime.now(UTC).replace(microsecond=0) - sc.m(6)
+    shift = datetime.now(UTC).replace(microsecond=0) - sc.m(7)
     insert_events(s.client, [dict(e, timestamp=e["timestamp"] + shift) for e in events])
     s.close()
     return data
