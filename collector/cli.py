@@ -178,7 +178,7 @@ def _embedded_token(data_dir: str) -> str:
 
 
 def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None, web=None,
-                   alerting=None):
+                   alerting=None, seal_interval=None):
     from .app import Collector
 
     logs.setup(log_level)
@@ -224,6 +224,13 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None,
             store.close()
             raise
         click.echo("detector   " + describe(alerting))
+    sealer = None
+    if seal_interval:
+        from .integrity_job import IntegrityJob
+        sealer = IntegrityJob(store.client, web["data_dir"], interval_s=seal_interval)
+        sealer.start()
+        click.echo(f"sealer     every {seal_interval:g}s: hourly windows, Ed25519 keys and digests "
+                   f"under {web['data_dir']}")
     demo = None
     if demo_dir:
         token = settings.ingest_tokens[0] if settings.ingest_tokens else None
@@ -243,6 +250,8 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None,
         demo.stop()
     if detector:
         detector.stop()
+    if sealer:
+        sealer.stop()
     if web_server:
         web_server.shutdown()
     drained = collector.shutdown()
@@ -316,13 +325,13 @@ _COLLECTOR_OPTIONS = ("data_dir", "clickhouse_url", "otlp_http_addr", "otlp_grpc
 
 
 @cli.command()
-@options(*_COLLECTOR_OPTIONS, "web_addr", *ALERT_OPTIONS)
+@options(*_COLLECTOR_OPTIONS, "web_addr", "seal_interval", *ALERT_OPTIONS)
 @click.option("--demo", is_flag=True, envvar="UPMETR_AUDIT_DEMO", show_envvar=True,
               help="Also run demo traffic through the shipper into this collector "
                    "(7 days of history first when the store is empty).")
 @_fail_cleanly
 def serve(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary_interval,
-          log_level, web_addr, demo, **opts):
+          log_level, web_addr, seal_interval, demo, **opts):
     """Run everything in one process: the OTLP receivers, the ClickHouse writer
     and the audit page.
 
@@ -342,7 +351,7 @@ def serve(data_dir, clickhouse_url, ingest_tokens, insecure_no_auth, summary_int
                    demo_dir=os.path.join(data_dir, "spool", "upmetr-demo") if demo else None,
                    web={"addr": web_addr, "data_dir": data_dir,
                         "admin_org": "org_acme" if demo else "default", "alert_rules": ruleset},
-                   alerting=alerting)
+                   alerting=alerting, seal_interval=seal_interval)
 
 
 @cli.command()

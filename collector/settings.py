@@ -50,6 +50,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "Records the sending queue holds before clients are told to retry.", int),
     Setting("summary_interval", 5.0, "Seconds between ingest summary lines (0: none).", float),
     Setting("log_level", "INFO", "Log level of the structured logs on stderr."),
+    Setting("seal_interval", 300.0,
+            "Seconds between serve's sealing runs (each followed by a check of the new seals).", float),
     # Failed-login spike alerts (collector/rules.py, detector.py, notify.py).
     Setting("alert_rules", None, "TOML file overriding the spike rules (see docs/alerts.md)."),
     Setting("detect_interval", 60.0, "Seconds between detector runs.", float),

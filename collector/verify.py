@@ -418,12 +418,14 @@ def _whole_window(client, org, ws, width, base) -> tuple[int, int, str]:
 # -- the latest result, for the page's badge --------------------------------------
 
 
-def save_latest(data_dir: str, result: VerifyResult) -> str:
+def save_latest(data_dir: str, result: VerifyResult | dict) -> str:
+    """Write the result the page's badge shows (atomically)."""
+    data = result if isinstance(result, dict) else result.to_json()
     path = os.path.join(data_dir, "integrity", LATEST_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(result.to_json(), f)
+        json.dump(data, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

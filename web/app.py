@@ -9,7 +9,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import HTTPException
 
-from . import alerts, auth, security, views
+from . import alerts, auth, integrity, security, views
 
 
 def create_app(config: dict) -> Flask:
@@ -44,6 +44,7 @@ def create_app(config: dict) -> Flask:
     app.register_blueprint(views.api)
     app.register_blueprint(alerts.bp)
     app.register_blueprint(alerts.api)
+    app.register_blueprint(integrity.bp)
     for api in (views.api, alerts.api):
         limiter.limit(lambda: app.config["API_RATE_LIMIT"])(api)
     app.view_functions["auth.login"] = limiter.limit(

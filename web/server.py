@@ -37,5 +37,6 @@ class WebServer(ThreadedServer):
         app = create_app({
             "STORE_CLIENT": client, "SECRET_KEY": secret_key(data_dir), "AUDIT_EMIT": audit_emit,
             "SESSION_COOKIE_SECURE": host not in LOCAL_HOSTS, "ALERT_RULES": alert_rules,
+            "DATA_DIR": data_dir,
         })
         super().__init__(app, host, port, name="web", threads=threads)

@@ -19,7 +19,7 @@ from flask import (
     url_for,
 )
 
-from . import alerts, queries
+from . import alerts, integrity, queries
 from .auth import audit_access, client, self_audit
 
 bp = Blueprint("audit", __name__)
@@ -65,6 +65,7 @@ def index():
         "audit.html", org=g.org, filters=filters, error=error, page=page,
         cards=queries.summary(client(), org, tz=g.org.timezone),
         firing=alerts.firing(org),
+        integrity=integrity.status(org),
         series=queries.timeseries(client(), org, filters),
         links=_page_links(filters, page.next_cursor),
         action_options=queries.action_options(), category_options=queries.category_options(),
