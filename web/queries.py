@@ -385,8 +385,33 @@ def events_query(org_id: str, f: Filters, after: Cursor | None, limit: int) -> t
     return sql, params
 
 
+#: Newest-first reads first try these windows below the top of the page (the
+#: cursor, ``until``, or now): a page usually fills from the newest partition
+#: or two, and the bound on ``timestamp`` lets ClickHouse skip the older monthly
+#: partitions, each of which would otherwise cost a read of every selected
+#: column (docs/benchmarks.md, P2).
+WINDOWS_US = (7 * _DAY_US, 56 * _DAY_US)
+
+
 def _fetch(client, org_id: str, f: Filters, after: Cursor | None, limit: int) -> list[dict]:
-    """Raw rows (timestamps in µs), see :func:`events_query`."""
+    """Raw rows (timestamps in µs), see :func:`events_query`.
+
+    Tries :data:`WINDOWS_US` first: when ``limit`` rows have a timestamp at or
+    after ``top − window``, they are exactly the first ``limit`` rows of the
+    unbounded query (every row left out is older than all of them); otherwise
+    the next window, then the query as asked."""
+    top = after.ts_us if after else _micros(f.until) if f.until else _micros(_utc(None))
+    for window in WINDOWS_US:
+        lower = top - window
+        if f.since and _micros(f.since) >= lower:
+            break  # the filter's own bound is narrower
+        rows = _query_events(client, org_id, replace(f, since=_from_micros(lower)), after, limit)
+        if len(rows) >= limit:
+            return rows
+    return _query_events(client, org_id, f, after, limit)
+
+
+def _query_events(client, org_id: str, f: Filters, after: Cursor | None, limit: int) -> list[dict]:
     sql, params = events_query(org_id, f, after, limit)
     return list(client.query(sql, parameters=params).named_results())
 
