@@ -177,6 +177,13 @@ def machine() -> dict:
             "loadavg_at_start": [round(load1, 2), round(load5, 2)], "versions": versions}
 
 
+def _save(path: str, store: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(store, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
 def _sigterm(_signum, _frame):
     raise SystemExit("terminated")
 
@@ -225,12 +232,11 @@ def main(argv: list[str] | None = None) -> int:
                 entry["seconds"] = round(time.perf_counter() - t0, 1)
                 entry["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()[:2]]
                 store["runs"].setdefault(name, {})[args.size] = entry
+                _save(args.json_path, store)  # after each benchmark: a crash keeps what ran
                 print(f"   {name} done in {entry['seconds']} s", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    with open(args.json_path, "w") as f:
-        json.dump(store, f, indent=1, sort_keys=True)
-        f.write("\n")
+    _save(args.json_path, store)
     report.write(args.md_path, store, REGISTRY)
     print(f"wrote {args.json_path} and {args.md_path}", file=sys.stderr)
     return 1 if failed else 0

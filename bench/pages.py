@@ -25,9 +25,10 @@ and separately ``page_newest`` (no filter), ``page_deep`` (after following
 Every part's result is checked equal across the three systems (ids and
 times of the rows, card values, bucket counts) before anything is timed; a
 difference stops the benchmark. Warm: one untimed call, then ``repeat``
-timed calls. Cold: ``cold`` times, the caches are dropped (ClickHouse's mark,
-uncompressed and index caches; PostgreSQL restarted; the OS page cache
-dropped when this process may) and the composite runs once. The figure is the
+timed calls (fewer, at least 5, for a part slower than 20 s in all). Cold:
+``cold`` times, the caches are dropped (ClickHouse's mark, uncompressed and
+index caches; PostgreSQL restarted; the OS page cache dropped when this
+process may) and the composite runs once. The figure is the
 wall time of the call in this process: query, driver, and for typed the
 product's rendering of the rows.
 """
@@ -352,15 +353,26 @@ def check_equal(systems) -> dict:
     return counts
 
 
+#: A slow system gets fewer warm calls: at least MIN_CALLS, then until ``repeat``
+#: calls or BUDGET_S seconds per part (the count is in the figures, ``n``).
+MIN_CALLS = 5
+BUDGET_S = 20.0
+
+
+def _repeat(fn, repeat: int) -> list[float]:
+    out, start = [], time.perf_counter()
+    while len(out) < repeat and (len(out) < MIN_CALLS or time.perf_counter() - start < BUDGET_S):
+        out.append(fn())
+    return out
+
+
 def time_system(system, repeat: int, cold: int) -> dict:
     warm = {}
     for part in PARTS:
         fn = getattr(system, part)
         fn()
-        warm[part] = [_ms(fn) for _ in range(repeat)]
-    composite = []
-    for _ in range(repeat):
-        composite.append(sum(_ms(getattr(system, part)) for part in COMPOSITE))
+        warm[part] = _repeat(lambda fn=fn: _ms(fn), repeat)
+    composite = _repeat(lambda: sum(_ms(getattr(system, part)) for part in COMPOSITE), repeat)
     cold_parts = {part: [] for part in COMPOSITE}
     cold_total = []
     for _ in range(cold):
