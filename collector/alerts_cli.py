@@ -84,7 +84,9 @@ def detect(data_dir, clickhouse_url, log_level, once, **opts):
     rules_mod.load(opts.get("alert_rules"))          # a bad rules file fails before anything opens
     store = store_mod.open_store(_resolve_url(data_dir, clickhouse_url))
     try:
-        store_mod.migrate(store.client)
+        # Check, don't migrate: in server mode the detector's database user may
+        # only read events and write alerts (`upmetr-audit db grants`).
+        store_mod.require_current_schema(store.client)
         job = DetectorThread(store.client, data_dir, opts)
         if once:
             result = job.detector.run_once()

@@ -159,3 +159,11 @@ def test_serve_runs_the_detector_and_posts_to_the_webhook(tmp_path):
         killer.cancel()
         hook.shutdown()
     assert proc.returncode == 0
+
+
+def test_detect_checks_the_schema_instead_of_migrating(tmp_path):
+    """The detector's database user may not run DDL: detect says what to do."""
+    r = subprocess.run([EXE, "detect", "--once", "--data-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip() == "Error: the audit schema is not installed; run `upmetr-audit db migrate`"
