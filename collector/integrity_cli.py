@@ -42,7 +42,7 @@ def _store(data_dir, clickhouse_url):
     except StoreLocked as exc:
         raise StoreLocked(exc.path, exc.pid, LOCKED_HINT) from None
     try:
-        store_mod.migrate(store.client)
+        store_mod.require_current_schema(store.client)   # no DDL: least-privilege users
         yield store.client
     finally:
         store.close()
