@@ -6,8 +6,10 @@ day), seals every hourly window, then times ``verify``: leaf hashes and
 Merkle roots recomputed in ClickHouse, per-window roots streamed to Python,
 every seal's hash, chain link and Ed25519 signature checked, and the digest
 files compared. Reports events verified per second of wall clock.
+``--compare-v1`` then seals the same events again with leaf version 1 (the
+text serialization) and times verify of those seals too, in the same run.
 
-    .venv/bin/python bench/verify.py --events 10000000 --days 14 [--json]
+    .venv/bin/python bench/verify.py --events 10000000 --days 14 [--compare-v1] [--json]
 
 ``run(run)`` is the entry of ``python -m bench`` (P4).
 """
@@ -16,14 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
 
-from upmetr_audit.collector import keys, sealing
+from upmetr_audit.collector import keys, leafhash, sealing
 from upmetr_audit.collector import store as store_mod
 from upmetr_audit.collector import verify as verify_mod
-from upmetr_audit.collector.schema import EVENT_COLUMNS_SQL, EVENTS_TABLE
+from upmetr_audit.collector.schema import EVENT_COLUMNS_SQL, EVENTS_TABLE, SEAL_LEAVES_TABLE, SEALS_TABLE
 
 HOUR_US = 3_600_000_000
 N_ORGS = 50
@@ -66,7 +69,25 @@ SELECT
 FROM numbers({{start}}, {{count}})"""
 
 
-def measure(events: int, days: float, seed: int = 1, tmp: str | None = None) -> dict:
+def _seal_and_verify(client, tmp: str, ring, start: int, now: int, events: int, version: int) -> dict:
+    digest_dir = f"{tmp}/digests-v{version}"
+    t0 = time.perf_counter()
+    sealed = sealing.seal_once(client, ring, digest_dir, now, leaf_version=version)
+    seal_s = time.perf_counter() - t0
+    public = keys.load(f"{tmp}/keys", private=False)
+    t0, cpu0 = time.perf_counter(), os.times()
+    result = verify_mod.verify(client, public, digest_dir, now)
+    verify_s, cpu1 = time.perf_counter() - t0, os.times()
+    if not result.ok or result.events_checked != events:
+        raise RuntimeError(f"verify did not pass cleanly: {result.summary()}")
+    return {"windows": len(sealed.seals), "seal_s": round(seal_s, 1),
+            "verify_s": round(verify_s, 2),
+            # CPU of the whole process (ClickHouse threads included) during verify
+            "verify_cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 2)}
+
+
+def measure(events: int, days: float, seed: int = 1, tmp: str | None = None,
+            compare_v1: bool = False) -> dict:
     own_tmp = tmp is None
     tmp = tmp or tempfile.mkdtemp(prefix="upmetr-bench-verify-")
     store = None
@@ -84,24 +105,26 @@ def measure(events: int, days: float, seed: int = 1, tmp: str | None = None) -> 
         client.command(f"OPTIMIZE TABLE {EVENTS_TABLE} FINAL")
         generate_s = time.perf_counter() - t0
         ring = keys.load_or_generate(f"{tmp}/keys", start)
-        t0 = time.perf_counter()
-        sealed = sealing.seal_once(client, ring, f"{tmp}/digests", now)
-        seal_s = time.perf_counter() - t0
-        public = keys.load(f"{tmp}/keys", private=False)
-        t0 = time.perf_counter()
-        result = verify_mod.verify(client, public, f"{tmp}/digests", now)
-        verify_s = time.perf_counter() - t0
-        if not result.ok or result.events_checked != events:
-            raise RuntimeError(f"verify did not pass cleanly: {result.summary()}")
-        return {
-            "events": events, "days": days, "orgs": N_ORGS, "windows": len(sealed.seals),
-            "generate_s": round(generate_s, 1), "seal_s": round(seal_s, 1),
-            "seal_events_per_s": round(events / seal_s),
-            "verify_s": round(verify_s, 2), "verify_events_per_s": round(events / verify_s),
-            "verify_windows_per_s": round(len(sealed.seals) / verify_s),
+        cur = _seal_and_verify(client, tmp, ring, start, now, events, leafhash.LEAF_VERSION)
+        verify_s = cur["verify_s"]
+        out = {
+            "events": events, "days": days, "orgs": N_ORGS, "windows": cur["windows"],
+            "leaf_version": leafhash.LEAF_VERSION,
+            "generate_s": round(generate_s, 1), "seal_s": cur["seal_s"],
+            "seal_events_per_s": round(events / cur["seal_s"]),
+            "verify_s": verify_s, "verify_cpu_s": cur["verify_cpu_s"],
+            "verify_events_per_s": round(events / verify_s),
+            "verify_windows_per_s": round(cur["windows"] / verify_s),
             "target_events_per_s": TARGET_EVENTS_PER_S,
             "target_met": events / verify_s >= TARGET_EVENTS_PER_S,
         }
+        if compare_v1:  # the same events, sealed again with the text leaves of version 1
+            for table in (SEALS_TABLE, SEAL_LEAVES_TABLE):
+                client.command(f"TRUNCATE TABLE {table}")
+            old = _seal_and_verify(client, tmp, ring, start, now, events, 1)
+            out["v1"] = {**old, "verify_events_per_s": round(events / old["verify_s"])}
+            out["speedup_vs_v1"] = round(old["verify_s"] / verify_s, 2)
+        return out
     finally:
         if store is not None:
             store.close()
@@ -122,17 +145,23 @@ def main() -> int:
     p.add_argument("--events", type=int, default=10_000_000)
     p.add_argument("--days", type=float, default=14.0, help="span of received_at")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--compare-v1", action="store_true",
+                   help="also seal with leaf version 1 and time its verify (same events, same run)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args()
     if args.events < 1 or args.days < 1 / 24:
         p.error("--events must be positive and --days at least one hour")
-    r = measure(args.events, args.days, args.seed)
+    r = measure(args.events, args.days, args.seed, compare_v1=args.compare_v1)
     if args.json:
         print(json.dumps(r))
     else:
         print(f"{r['events']:,} events, {r['windows']:,} windows: sealed in {r['seal_s']} s; "
               f"verified in {r['verify_s']} s = {r['verify_events_per_s']:,} events/s "
               f"(target {TARGET_EVENTS_PER_S:,}: {'met' if r['target_met'] else 'missed'})")
+        if "v1" in r:
+            print(f"leaf version 1: verified in {r['v1']['verify_s']} s = "
+                  f"{r['v1']['verify_events_per_s']:,} events/s; v{r['leaf_version']} is "
+                  f"{r['speedup_vs_v1']}x faster")
     return 0
 
 

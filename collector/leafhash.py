@@ -5,22 +5,36 @@ of its stored fields. The personal fields enter only through a salted
 commitment, so that erasing a person (zeroing the salt, pseudonymizing the
 values) leaves the leaf, and so every seal, verifiable.
 
-Canonical serialization, leaf version 1 (``ns`` is a netstring:
-``<byte length>:<UTF-8 bytes>,``)::
+Two leaf versions; sealing writes :data:`LEAF_VERSION`, verify and proofs
+accept both (a seal names its ``leaf_version``). Both use the same personal
+commitment (``ns`` is a netstring: ``<byte length>:<UTF-8 bytes>,``)::
 
     commitment = SHA-256("upmetr-audit/personal/v1" 0x00 || salt (16 bytes)
                           || ns(user_email) ns(user_id) ns(ip) ns(user_agent)
                           ns(changes) ns(details))
+
+Version 1, text (kept so that older seals still verify)::
+
     leaf       = SHA-256("upmetr-audit/leaf/v1" 0x00
                           || ns(event_id) ns(org_id) ns(timestamp_us) ...
                           || commitment (32 bytes))
 
-``ip`` is the 16 bytes of the stored IPv6 as 32 lowercase hex digits;
-timestamps are integer microseconds since the epoch in decimal; ``details``
-is ``ns(key) ns(value)`` of every entry, keys in byte order. Every value is
-rendered by ClickHouse (the SQL below) and re-hashed here for proofs.
+Version 2, binary (no decimal or hex rendering; ``lp`` is the UTF-8 byte
+length as 4 bytes little-endian, then the bytes; ``i64`` is 8 bytes
+little-endian, two's complement)::
 
-The tree: leaves in the order ``(received_at, event_id text)``; a parent is
+    leaf       = SHA-256("upmetr-audit/leaf/v2" 0x00 || event_id (16 bytes, RFC 4122 order)
+                          || lp(org_id) i64(timestamp_us) i64(received_at_us)
+                          || lp(category) lp(action) lp(status) ... lp(span_id)
+                          || commitment (32 bytes))
+
+In the commitment, ``ip`` is the 16 bytes of the stored IPv6 as 32 lowercase
+hex digits; timestamps are integer microseconds since the epoch; ``details``
+is ``ns(key) ns(value)`` of every entry, keys in byte order. ClickHouse
+computes every leaf in SQL (below); Python computes the same for proofs.
+
+The tree: leaves in the order ``(received_at, event_id text)`` (version 1)
+or in byte order of the leaves (version 2); a parent is
 SHA-256(0x01 || left || right); an unpaired last node moves up unchanged. An
 empty window's root is SHA-256("upmetr-audit/empty-window/v1").
 """
@@ -28,9 +42,12 @@ empty window's root is SHA-256("upmetr-audit/empty-window/v1").
 from __future__ import annotations
 
 import hashlib
+import uuid
 
-LEAF_VERSION = 1
-LEAF_DOMAIN = b"upmetr-audit/leaf/v1\x00"
+#: The version sealing writes; :data:`LEAF_VERSIONS` are the ones verify accepts.
+LEAF_VERSION = 2
+LEAF_VERSIONS = (1, 2)
+LEAF_DOMAINS = {1: b"upmetr-audit/leaf/v1\x00", 2: b"upmetr-audit/leaf/v2\x00"}
 PERSONAL_DOMAIN = b"upmetr-audit/personal/v1\x00"
 NODE_PREFIX = b"\x01"
 EMPTY_ROOT = hashlib.sha256(b"upmetr-audit/empty-window/v1").hexdigest()
@@ -60,6 +77,24 @@ def _ns_sql(expr: str) -> str:
     return f"concat(toString(length({expr})), ':', {expr}, ',')"
 
 
+def _lp_sql(expr: str) -> str:
+    return f"reinterpret(toUInt32(length({expr})), 'FixedString(4)'), {expr}"
+
+
+def _i64_sql(expr: str) -> str:
+    return f"reinterpret(toInt64({expr}), 'FixedString(8)')"
+
+
+#: Version 2: the public fields in binary, in the order of PUBLIC_FIELDS.
+_PUBLIC_V2_SQL: tuple[str, ...] = (
+    "UUIDToNum(event_id)",
+    _lp_sql("org_id"),
+    _i64_sql("toUnixTimestamp64Micro(timestamp)"),
+    _i64_sql("toUnixTimestamp64Micro(received_at)"),
+    *(_lp_sql(sql) for _, sql in PUBLIC_FIELDS[4:]),
+)
+
+
 _DETAILS_SQL = ("arrayStringConcat(arrayMap((k, v) -> concat(" + _ns_sql("k") + ", " + _ns_sql("v")
                 + "), mapKeys(mapSort(details)), mapValues(mapSort(details))))")
 
@@ -83,10 +118,25 @@ def commitment_sql(salt: str = "pii_salt") -> str:
     return f"SHA256(concat('upmetr-audit/personal/v1', '\\0', {salt}, {parts}))"
 
 
-def leaf_sql(commitment: str) -> str:
+def leaf_sql(commitment: str, version: int = LEAF_VERSION) -> str:
     """SQL: the 32-byte leaf of a row, given the SQL of its commitment."""
-    parts = ", ".join(_ns_sql(sql) for _, sql in PUBLIC_FIELDS)
-    return f"SHA256(concat('upmetr-audit/leaf/v1', '\\0', {parts}, {commitment}))"
+    if version == 1:
+        parts = ", ".join(_ns_sql(sql) for _, sql in PUBLIC_FIELDS)
+    elif version == 2:
+        parts = ", ".join(_PUBLIC_V2_SQL)
+    else:
+        raise ValueError(f"unsupported leaf version {version!r}")
+    return f"SHA256(concat('upmetr-audit/leaf/v{version}', '\\0', {parts}, {commitment}))"
+
+
+def sorted_leaves_sql(version: int = LEAF_VERSION) -> str:
+    """SQL aggregate: the leaves of a group (column ``leaf``) in the tree's order."""
+    if version == 1:
+        return ("arrayMap(x -> x.3, arraySort(groupArray("
+                "(toUnixTimestamp64Micro(received_at), toString(event_id), leaf))))")
+    if version == 2:
+        return "arraySort(groupArray(leaf))"
+    raise ValueError(f"unsupported leaf version {version!r}")
 
 
 def effective_commitment_sql(erased: str = "erased_commitment") -> str:
@@ -130,11 +180,38 @@ def commitment(salt: bytes, personal: dict[str, object]) -> bytes:
     return hashlib.sha256(b"".join(data)).digest()
 
 
-def leaf(public: dict[str, str], personal_commitment: bytes) -> bytes:
+def lp(value: str) -> bytes:
+    data = value.encode()
+    return len(data).to_bytes(4, "little") + data
+
+
+def _i64(value: object) -> bytes:
+    return int(value).to_bytes(8, "little", signed=True)
+
+
+def leaf(public: dict[str, str], personal_commitment: bytes, version: int = LEAF_VERSION) -> bytes:
+    """The leaf of an event; ``public`` holds the PUBLIC_FIELDS as rendered by
+    their SQL (event id as UUID text, timestamps as decimal microseconds)."""
     if len(personal_commitment) != 32:
         raise ValueError("the personal commitment must be 32 bytes")
-    data = [LEAF_DOMAIN, *(ns(str(public[name])) for name, _ in PUBLIC_FIELDS), personal_commitment]
-    return hashlib.sha256(b"".join(data)).digest()
+    if version == 1:
+        data = [ns(str(public[name])) for name, _ in PUBLIC_FIELDS]
+    elif version == 2:
+        data = [uuid.UUID(str(public["event_id"])).bytes, lp(str(public["org_id"])),
+                _i64(public["timestamp_us"]), _i64(public["received_at_us"]),
+                *(lp(str(public[name])) for name, _ in PUBLIC_FIELDS[4:])]
+    else:
+        raise ValueError(f"unsupported leaf version {version!r}")
+    return hashlib.sha256(b"".join([LEAF_DOMAINS[version], *data, personal_commitment])).digest()
+
+
+def ordered(rows: list[tuple[int, str, bytes]], version: int = LEAF_VERSION) -> list[tuple[int, str, bytes]]:
+    """``(received_at_us, event_id text, leaf)`` rows in the tree's order."""
+    if version == 1:
+        return sorted(rows)
+    if version == 2:
+        return sorted(rows, key=lambda r: (r[2], r[1]))
+    raise ValueError(f"unsupported leaf version {version!r}")
 
 
 def _parent(left: bytes, right: bytes) -> bytes:

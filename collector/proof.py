@@ -50,7 +50,11 @@ def build(client, event_id: str) -> dict:
     seal = Seal(org_id=r[0], window_start_us=r[1], window_end_us=r[2], event_count=r[3],
                 merkle_root=r[4], prev_seal_hash=r[5], key_id=r[6], leaf_version=r[7],
                 seal_hash=r[8], signature=r[9], sealed_at_us=r[10])
-    leaves = current_leaves(client, org, seal.window_start_us, seal.window_end_us, None)
+    if seal.leaf_version not in leafhash.LEAF_VERSIONS:
+        raise ProofError(f"the seal of event {event_id} uses leaf version {seal.leaf_version}, "
+                         f"unknown to this version of upmetr-audit")
+    leaves = current_leaves(client, org, seal.window_start_us, seal.window_end_us, None,
+                            seal.leaf_version)
     hashes = [leaf for _, _, leaf in leaves]
     if leafhash.merkle_root(hashes) != seal.merkle_root:
         raise ProofError(f"the window of event {event_id} no longer matches its seal; "
@@ -64,7 +68,7 @@ def build(client, event_id: str) -> dict:
     else:
         personal_part = {"erased": False, "salt": row["salt"],
                          **{name: row["p_" + name] for name in leafhash.PERSONAL_COLUMNS}}
-    return {"format": FORMAT, "leaf_version": leafhash.LEAF_VERSION, "event": event,
+    return {"format": FORMAT, "leaf_version": seal.leaf_version, "event": event,
             "personal": personal_part, "leaf": hashes[index].hex(), "index": index,
             "leaf_count": len(hashes), "path": leafhash.merkle_path(hashes, index),
             "seal": seal.line()}
@@ -83,15 +87,18 @@ def check(proof: object, keyring: Keyring) -> str:
 def _check(proof, keyring: Keyring) -> str:
     if not isinstance(proof, dict) or proof.get("format") != FORMAT:
         raise ProofError(f"not a proof (format is not {FORMAT})")
-    if proof["leaf_version"] != leafhash.LEAF_VERSION:
-        raise ProofError(f"unsupported leaf version {proof['leaf_version']!r}")
+    version = proof["leaf_version"]
+    if version not in leafhash.LEAF_VERSIONS or type(version) is not int:
+        raise ProofError(f"unsupported leaf version {version!r}")
     event, personal = proof["event"], proof["personal"]
     if personal["erased"]:
         commitment = bytes.fromhex(personal["commitment"])
     else:
         commitment = leafhash.commitment(bytes.fromhex(personal["salt"]), personal)
-    leaf = leafhash.leaf(event, commitment)
+    leaf = leafhash.leaf(event, commitment, version)
     seal = Seal.from_line(proof["seal"])
+    if seal.leaf_version != version:
+        raise ProofError("the proof's leaf version is not the one its seal signs")
     if seal.computed_hash() != seal.seal_hash:
         raise ProofError("the seal does not match its own hash")
     problem = keyring.check(seal.key_id, SEAL_DOMAIN, bytes.fromhex(seal.seal_hash), seal.signature,

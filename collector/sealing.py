@@ -124,31 +124,39 @@ def _us(param: str) -> str:
     return f"fromUnixTimestamp64Micro({{{param}:Int64}}, 'UTC')"
 
 
-def leaf_rows_sql(where: str, erasures: str = "") -> str:
+def leaf_rows_sql(where: str, erasures: str | None = "", version: int = leafhash.LEAF_VERSION) -> str:
     """SELECT of ``org_id, received_at, event_id, leaf, erased`` for the events
-    matching ``where``. ``erasures``: an extra condition on the erasure rows
-    that may stand in for a shredded commitment (verify passes only the signed
-    ones)."""
+    matching ``where``, with leaves of ``version``. ``erasures``: an extra
+    condition on the erasure rows that may stand in for a shredded commitment
+    (verify passes only the signed ones); ``None`` when none may (a row with a
+    zero salt then gets the leaf of an empty commitment, which matches no seal)."""
+    zero_salt = "pii_salt = toFixedString(repeat('\\0', 16), 16)"
+    if erasures is None:
+        no_erasure = leafhash.effective_commitment_sql("''")
+        return (f"SELECT org_id, received_at, event_id, "
+                f"{leafhash.leaf_sql(no_erasure, version)} AS leaf, "
+                f"{zero_salt} AS erased FROM {schema.EVENTS_TABLE} WHERE {where}")
     return (
         f"SELECT org_id, received_at, event_id, "
-        f"{leafhash.leaf_sql(leafhash.effective_commitment_sql())} AS leaf, "
-        f"pii_salt = toFixedString(repeat('\\0', 16), 16) AS erased "
+        f"{leafhash.leaf_sql(leafhash.effective_commitment_sql(), version)} AS leaf, "
+        f"{zero_salt} AS erased "
         f"FROM {schema.EVENTS_TABLE} LEFT ANY JOIN ("
         f"SELECT event_id, unhex(any(commitment)) AS erased_commitment FROM {schema.ERASURES_TABLE} "
         f"WHERE 1 {erasures} GROUP BY event_id) AS erasures USING (event_id) WHERE {where}"
     )
 
 
-def window_stats_sql(where: str, width: str, erasures: str = "") -> str:
-    """Per (org, window): count, erased count and Merkle root of the matching events.
-    ``width``: SQL of the window width in microseconds (may depend on org_id)."""
+def window_stats_sql(where: str, width: str, erasures: str | None = "",
+                     version: int = leafhash.LEAF_VERSION) -> str:
+    """Per (org, window): count, erased count and Merkle root (leaves of
+    ``version``) of the matching events. ``width``: SQL of the window width in
+    microseconds (may depend on org_id)."""
     return f"""
 SELECT org_id, ws, length(lv) AS n, erased_n, {leafhash.merkle_root_sql('lv')} AS root FROM (
     SELECT org_id, intDiv(toUnixTimestamp64Micro(received_at), {width}) * {width} AS ws,
-           arrayMap(x -> x.3, arraySort(groupArray(
-               (toUnixTimestamp64Micro(received_at), toString(event_id), leaf)))) AS lv,
+           {leafhash.sorted_leaves_sql(version)} AS lv,
            countIf(erased) AS erased_n
-    FROM ({leaf_rows_sql(where, erasures)})
+    FROM ({leaf_rows_sql(where, erasures, version)})
     GROUP BY org_id, ws)"""
 
 
@@ -178,17 +186,20 @@ def _heads(client) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
 
 def seal_once(client, keyring: Keyring, digest_dir: str, now_us: int, *,
               window_us: int = DEFAULT_WINDOW_US, grace_us: int = DEFAULT_GRACE_US,
-              orgs: list[str] | None = None) -> SealRun:
+              orgs: list[str] | None = None, leaf_version: int = leafhash.LEAF_VERSION) -> SealRun:
     """Seal every window of every org that ended at least ``grace_us`` before
     ``now_us`` and is not sealed yet. An org keeps the window width of its
-    first seal. Returns what was sealed."""
+    first seal. Returns what was sealed. ``leaf_version``: an older one only
+    to test and measure that verify still accepts it."""
     if window_us <= 0 or grace_us < 0:
         raise ValueError("the window must be positive and the grace not negative")
+    if leaf_version not in leafhash.LEAF_VERSIONS:
+        raise ValueError(f"unknown leaf version {leaf_version!r}")
     with _LOCK:
-        return _seal(client, keyring, digest_dir, now_us, window_us, grace_us, orgs)
+        return _seal(client, keyring, digest_dir, now_us, window_us, grace_us, orgs, leaf_version)
 
 
-def _seal(client, keyring, digest_dir, now_us, window_us, grace_us, only) -> SealRun:
+def _seal(client, keyring, digest_dir, now_us, window_us, grace_us, only, version) -> SealRun:
     run = SealRun()
     horizon = now_us - grace_us
     heads, run.skipped = _heads(client)
@@ -207,22 +218,23 @@ def _seal(client, keyring, digest_dir, now_us, window_us, grace_us, only) -> Sea
         while start + width <= horizon:
             count = min(CHUNK_WINDOWS, (horizon - start) // width)
             end = start + count * width
-            prev = _seal_chunk(client, keyring, digest_dir, run, org, start, end, width, prev, now_us)
+            prev = _seal_chunk(client, keyring, digest_dir, run, org, start, end, width, prev, now_us,
+                               version)
             start = end
     if run.seals:
         log.info("sealed windows", extra={"seals": len(run.seals), "orgs": run.orgs})
     return run
 
 
-def _seal_chunk(client, keyring, digest_dir, run, org, start, end, width, prev, now_us) -> str:
+def _seal_chunk(client, keyring, digest_dir, run, org, start, end, width, prev, now_us, version) -> str:
     params = {"org": org, "start": start, "end": end, "width": width}
     where = f"org_id = {{org:String}} AND received_at >= {_us('start')} AND received_at < {_us('end')}"
     stats = {ws: (n, root) for _, ws, n, _, root in client.query(
-        window_stats_sql(where, "{width:Int64}"), parameters=params).result_rows}
+        window_stats_sql(where, "{width:Int64}", version=version), parameters=params).result_rows}
     seals = []
     for ws in range(start, end, width):
         n, root = stats.get(ws, (0, leafhash.EMPTY_ROOT))
-        seal = sign(Seal(org, ws, ws + width, n, root, prev, keyring.active), keyring)
+        seal = sign(Seal(org, ws, ws + width, n, root, prev, keyring.active, version), keyring)
         seal.sealed_at_us = now_us
         seals.append(seal)
         prev = seal.seal_hash
@@ -231,7 +243,7 @@ def _seal_chunk(client, keyring, digest_dir, run, org, start, end, width, prev, 
             f"INSERT INTO {schema.SEAL_LEAVES_TABLE} (org_id, window_start, received_at, event_id, leaf) "
             f"SELECT org_id, fromUnixTimestamp64Micro(intDiv(toUnixTimestamp64Micro(received_at), "
             f"{{width:Int64}}) * {{width:Int64}}, 'UTC'), received_at, event_id, leaf "
-            f"FROM ({leaf_rows_sql(where)})", parameters=params)
+            f"FROM ({leaf_rows_sql(where, version=version)})", parameters=params)
     digests.append(digest_dir, [(s.window_start_us, s.line()) for s in seals])
     client.insert(schema.SEALS_TABLE, [
         [s.org_id, to_dt(s.window_start_us), to_dt(s.window_end_us), s.event_count, s.merkle_root,

@@ -40,8 +40,10 @@ ERASURE_DOMAIN = b"upmetr-audit/erasure/v1\x00"
 PROBLEMS = ("missing seal", "bad signature", "digest mismatch", "broken chain", "missing events",
             "extra events", "modified")
 OK_STATUSES = ("valid", "erased")
-#: Events recomputed per query; bounds memory and paces the progress bar.
-SLICE_WINDOWS = 24
+#: Windows recomputed per query (a week of hourly windows): bounds memory and paces
+#: the progress bar. Shorter slices cost more than they save: a small org's granule
+#: spans days of received_at, so every slice reads it again.
+SLICE_WINDOWS = 24 * 7
 LATEST_FILE = "verify-latest.json"
 
 
@@ -195,39 +197,42 @@ def _sealed_through(client, dg: _Digests) -> int | None:
     return max(ends) if ends else None
 
 
-def stored_leaves(client, org: str, ws: int) -> list[tuple[int, str, bytes]]:
-    """The leaves stored when window ``ws`` of ``org`` was sealed, in canonical order."""
+def stored_leaves(client, org: str, ws: int, version: int = leafhash.LEAF_VERSION,
+                  ) -> list[tuple[int, str, bytes]]:
+    """The leaves stored when window ``ws`` of ``org`` was sealed (with leaves
+    of ``version``), in the tree's order."""
     rows = client.query(
         f"SELECT DISTINCT toUnixTimestamp64Micro(received_at), toString(event_id), leaf "
         f"FROM {schema.SEAL_LEAVES_TABLE} WHERE org_id = {{org:String}} AND window_start = {_us('ws')}",
         parameters={"org": org, "ws": ws}).result_rows
-    return sorted(rows)
+    return leafhash.ordered(rows, version)
 
 
 def current_leaves(client, org: str, ws: int, we: int, erasure_ids: list[str] | None,
-                   ) -> list[tuple[int, str, bytes]]:
-    """The leaves of the events now stored in window [ws, we) of ``org``."""
+                   version: int = leafhash.LEAF_VERSION) -> list[tuple[int, str, bytes]]:
+    """The leaves (of ``version``) of the events now stored in window [ws, we)
+    of ``org``, in the tree's order."""
     where = f"org_id = {{org:String}} AND received_at >= {_us('ws')} AND received_at < {_us('we')}"
     erasures = "AND erasure_id IN {erasure_ids:Array(String)}" if erasure_ids is not None else ""
     rows = client.query(
         f"SELECT toUnixTimestamp64Micro(received_at), toString(event_id), leaf "
-        f"FROM ({leaf_rows_sql(where, erasures)})",
+        f"FROM ({leaf_rows_sql(where, erasures, version)})",
         parameters={"org": org, "ws": ws, "we": we, "erasure_ids": erasure_ids or []}).result_rows
-    return sorted(rows)
+    return leafhash.ordered(rows, version)
 
 
 # -- classification -------------------------------------------------------------
 
 
 def _name_events(client, w: WindowResult, seal: Seal, erasure_ids: list[str]) -> None:
-    stored = stored_leaves(client, w.org_id, w.window_start_us)
+    stored = stored_leaves(client, w.org_id, w.window_start_us, seal.leaf_version)
     if leafhash.merkle_root([leaf for _, _, leaf in stored]) != seal.merkle_root:
         w.problems.append("the stored leaves do not match the signed root either: "
                           "the events cannot be named")
         return
     before = {eid: leaf for _, eid, leaf in stored}
     now = {eid: leaf for _, eid, leaf in current_leaves(
-        client, w.org_id, w.window_start_us, w.window_end_us, erasure_ids)}
+        client, w.org_id, w.window_start_us, w.window_end_us, erasure_ids, seal.leaf_version)}
     named = {"missing": sorted(set(before) - set(now)), "extra": sorted(set(now) - set(before)),
              "modified": sorted(e for e in set(before) & set(now) if before[e] != now[e])}
     w.events = {k: v for k, v in named.items() if v}
@@ -267,6 +272,10 @@ def _check_seal(key: tuple[str, int], db: list[Seal], dg: _Digests, keyring: Key
 def _check_content(client, w: WindowResult, seal: Seal, stats: tuple[int, int, str] | None,
                    erasure_ids: list[str]) -> None:
     n, erased_n, root = stats or (0, 0, leafhash.EMPTY_ROOT)
+    if seal.leaf_version not in leafhash.LEAF_VERSIONS:
+        w.status = "modified"
+        w.problems.append(f"leaf version {seal.leaf_version} is not known to this verifier")
+        return
     if n == seal.event_count and root == seal.merkle_root:
         w.status = "erased" if erased_n else "valid"
         return
@@ -318,13 +327,26 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
     hi = until_us if until_us is not None else max(now_us, through or 0)
 
     # Recompute (count, erased count, root) per window, in slices of received_at.
+    # Each window with the leaf version of its seal: an org's windows up to the
+    # end of its newest version-1 seal with version 1, the rest with the current
+    # one. A window computed with another version than its seal's is redone.
     stats: dict[tuple[str, int], tuple[int, int, str]] = {}
+    used: dict[tuple[str, int], int] = {}
     events_checked = 0
     org_list = sorted(widths)
     width_sql = ("transform(org_id, {w_orgs:Array(String)}, {w_widths:Array(Int64)}, "
                  "toInt64({w_def:Int64}))")
+    legacy_end: dict[str, int] = {}
+    for (o, _), seals in db.items():
+        if seals[0].leaf_version == 1:
+            legacy_end[o] = max(legacy_end.get(o, 0), seals[0].window_end_us)
+    legacy_sql = ("fromUnixTimestamp64Micro(transform(org_id, {l_orgs:Array(String)}, "
+                  "{l_ends:Array(Int64)}, toInt64(0)), 'UTC')")
+    # Erasure rows are joined only when a signed erasure may stand in for a commitment.
+    erasures = "AND erasure_id IN {erasure_ids:Array(String)}" if erasure_ids else None
     base = {"w_orgs": org_list, "w_widths": [widths[o] for o in org_list], "w_def": default_window_us,
-            "erasure_ids": erasure_ids, **params}
+            "erasure_ids": erasure_ids, "l_orgs": sorted(legacy_end),
+            "l_ends": [legacy_end[o] for o in sorted(legacy_end)], **params}
     step = SLICE_WINDOWS * max_w
     scan_lo, scan_hi = lo // step * step, -(-hi // max_w) * max_w
     slices = list(range(scan_lo, scan_hi, step))
@@ -336,14 +358,22 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
         try:
             for i, s0 in enumerate(slices):
                 where = f"{org_cond} AND received_at >= {_us('s0')} AND received_at < {_us('s1')}"
-                rows = client.query(
-                    window_stats_sql(where, width_sql, "AND erasure_id IN {erasure_ids:Array(String)}"),
-                    parameters={**base, "s0": s0, "s1": min(s0 + step, scan_hi)}).result_rows
-                for o, ws, n, erased_n, root in rows:
-                    if (o, ws) in stats:
-                        cut.add((o, ws))
-                    stats[(o, ws)] = (n, erased_n, root)
-                    events_checked += n
+                if any(end > s0 for end in legacy_end.values()):
+                    passes = [(1, f" AND received_at < {legacy_sql}"),
+                              (leafhash.LEAF_VERSION, f" AND received_at >= {legacy_sql}")]
+                else:
+                    passes = [(leafhash.LEAF_VERSION, "")]
+                for version, cond in passes:
+                    rows = client.query(
+                        window_stats_sql(where + cond, width_sql, erasures, version),
+                        parameters={**base, "s0": s0, "s1": min(s0 + step, scan_hi)}).result_rows
+                    for o, ws, n, erased_n, root in rows:
+                        if (o, ws) in stats:
+                            cut.add((o, ws))
+                            events_checked -= stats[(o, ws)][0]
+                        stats[(o, ws)] = (n, erased_n, root)
+                        used[(o, ws)] = version
+                        events_checked += n
                 if progress:
                     progress(i + 1, len(slices))
         except BaseException as exc:  # re-raised in the caller's thread
@@ -361,8 +391,15 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
     worker.join()
     if failure:
         raise failure[0]
-    for o, ws in cut:  # a window across a slice edge (its width does not divide the slice)
-        stats[(o, ws)] = _whole_window(client, o, ws, widths[o], base)
+    redo = {key: used[key] for key in cut}  # a window across a slice edge
+    for key, seals in db.items():
+        version = seals[0].leaf_version
+        if key in used and used[key] != version and version in leafhash.LEAF_VERSIONS:
+            redo[key] = version
+    for (o, ws), version in redo.items():
+        events_checked -= stats[(o, ws)][0]
+        stats[(o, ws)] = _whole_window(client, o, ws, widths[o], base, erasures, version)
+        events_checked += stats[(o, ws)][0]
 
     windows, counts = [], Counter()
 
@@ -371,10 +408,16 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
         if w.status != "valid":
             windows.append(w)
 
+    newest: dict[str, int] = {}  # per org, the end of its newest known window
+    for o, ws in (*db, *dg.seals, *stats):
+        if o in widths:
+            newest[o] = max(newest.get(o, ws), ws + widths[o])
+    by_org: dict[str, list[tuple[int, int]]] = {}  # per org, (window start, count) of recomputed windows
+    for (o, ws), (n, _, _) in sorted(stats.items()):
+        by_org.setdefault(o, []).append((ws, n))
     for o in sorted(widths):
         w_us, start = widths[o], starts[o]
-        last = max([start] + [k[1] + w_us for k in list(db) + list(dg.seals) + list(stats) if k[0] == o]
-                   + ([through] if through is not None else []))
+        last = max([start, newest.get(o, start)] + ([through] if through is not None else []))
         for ws in range(start, last, w_us):
             key = (o, ws)
             if not (ws + w_us > lo and ws < hi):
@@ -398,18 +441,17 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
                 _check_content(client, w, db[key][0], stats.get(key), erasure_ids)
             report(w)
         # Events before an org's first seal were inserted after it was sealed.
-        for (oo, ws), (n, _, _) in sorted(stats.items()):
-            if oo == o and ws < start and ws + w_us > lo and ws < hi:
+        for ws, n in by_org.get(o, []):
+            if ws < start and ws + w_us > lo and ws < hi:
                 report(WindowResult(o, ws, ws + w_us, "extra events", actual_count=n,
                                     problems=["events before the org's first sealed window"]))
     return VerifyResult(verified_at_us=now_us, through_us=through, counts=dict(counts),
                         events_checked=events_checked, windows=windows, problems=problems)
 
 
-def _whole_window(client, org, ws, width, base) -> tuple[int, int, str]:
+def _whole_window(client, org, ws, width, base, erasures, version) -> tuple[int, int, str]:
     where = (f"org_id = {{o:String}} AND received_at >= {_us('ws')} AND received_at < {_us('we')}")
-    rows = client.query(window_stats_sql(where, "{width:Int64}",
-                                         "AND erasure_id IN {erasure_ids:Array(String)}"),
+    rows = client.query(window_stats_sql(where, "{width:Int64}", erasures, version),
                         parameters={**base, "o": org, "ws": ws, "we": ws + width, "width": width}
                         ).result_rows
     return (rows[0][2], rows[0][3], rows[0][4]) if rows else (0, 0, leafhash.EMPTY_ROOT)

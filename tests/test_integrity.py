@@ -443,3 +443,90 @@ def _export_ring(ring, tmp_path):
 
 def _export(sealed, tmp_path):
     return _export_ring(sealed.keyring, tmp_path)
+
+
+# -- leaf versions ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", leafhash.LEAF_VERSIONS)
+@pytest.mark.parametrize("fields", [
+    {},
+    {"user": "zoë@exämple.com", "user_agent": "agent with , and : and 12:", "ip": "::1",
+     "resource_id": "ré/1", "reason": "3:abc,"},
+    {"timestamp_us": -1, "trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": ""},
+])
+def test_python_and_clickhouse_agree_on_the_leaf_of_every_version(store, version, fields):
+    insert(store.client, [event(**fields)])
+    public = ", ".join(sql for _, sql in leafhash.PUBLIC_FIELDS)
+    row = store.client.query(
+        f"SELECT {public}, {leafhash.commitment_sql()}, "
+        f"{leafhash.leaf_sql(leafhash.commitment_sql(), version)} FROM audit.audit_events").result_rows[0]
+    pub = dict(zip([n for n, _ in leafhash.PUBLIC_FIELDS], row, strict=False))
+    assert leafhash.leaf(pub, row[-2], version) == row[-1]
+    others = [leafhash.leaf(pub, row[-2], v) for v in leafhash.LEAF_VERSIONS if v != version]
+    assert row[-1] not in others  # each version has its own domain
+
+
+def test_sealing_writes_the_current_leaf_version(sealed):
+    versions = sealed.client.query("SELECT DISTINCT leaf_version FROM audit.audit_seals").result_rows
+    assert versions == [(leafhash.LEAF_VERSION,)] and leafhash.LEAF_VERSION == 2
+
+
+@pytest.fixture
+def sealed_v1(store, tmp_path):
+    """The events of ``sealed``, sealed by a sealer of leaf version 1."""
+    ring = keys.load_or_generate(str(tmp_path / "keys"), T0)
+    ids = insert(store.client, [
+        event(received_us=T0 + 1 * MIN, user="ana@example.com"),
+        event(received_us=T0 + 2 * MIN, user="bo@example.com", details={"b": "2", "a": "1"}),
+        event(received_us=T0 + 2 * HOUR + 5 * MIN, user="ana@example.com", ip="2001:db8::7"),
+        event(org="org-b", received_us=T0 + 10 * MIN, user="cy@b.example"),
+    ])
+    s = Sealed(store.client, str(tmp_path), ring, ids)
+    run = s.seal(NOW, leaf_version=1)
+    assert {seal.leaf_version for seal in run.seals} == {1} and len(run.seals) == 6
+    return s
+
+
+def test_seals_of_leaf_version_1_still_verify(sealed_v1):
+    result = sealed_v1.verify(NOW)
+    assert result.ok, result.to_json()
+    assert result.counts == {"valid": 6} and result.events_checked == 4
+
+
+def test_tampering_under_leaf_version_1_is_caught_and_named(sealed_v1):
+    sealed_v1.mutate("ALTER TABLE audit.audit_events UPDATE action = 'auth.logout' "
+                     "WHERE event_id = {id:UUID}", id=sealed_v1.ids[1])
+    result = sealed_v1.verify(NOW)
+    assert only(result) == {0: "modified"}
+    assert result.windows[0].events == {"modified": [sealed_v1.ids[1]]}
+
+
+def test_an_upgraded_sealer_chains_version_2_onto_version_1(sealed_v1, tmp_path):
+    insert(sealed_v1.client, [event(received_us=NOW + 1 * MIN), event(received_us=NOW + 2 * MIN)])
+    run = sealed_v1.seal(NOW + 2 * HOUR)
+    assert {s.leaf_version for s in run.seals} == {2}
+    result = sealed_v1.verify(NOW + 2 * HOUR)
+    assert result.ok, result.to_json()
+    assert result.events_checked == 6
+    # Tampering on either side of the upgrade is still caught.
+    sealed_v1.mutate("ALTER TABLE audit.audit_events UPDATE status = 'failure' "
+                     "WHERE received_at >= fromUnixTimestamp64Micro({t:Int64}) "
+                     "OR event_id = {id:UUID}", t=NOW, id=sealed_v1.ids[2])
+    result = sealed_v1.verify(NOW + 2 * HOUR)
+    assert only(result) == {2: "modified", 3: "modified"}
+    # Proofs of either version verify offline.
+    public = keys.load_public(_export(sealed_v1, tmp_path))
+    p = proof.build(sealed_v1.client, sealed_v1.ids[0])
+    assert p["leaf_version"] == 1
+    assert "is included" in proof.check(p, public)
+    with pytest.raises(proof.ProofError, match="leaf version"):
+        proof.check({**p, "leaf_version": 2}, public)
+
+
+def test_an_erasure_under_leaf_version_1_still_verifies(sealed_v1):
+    erasure.erase(sealed_v1.client, sealed_v1.keyring, sealed_v1.digest_dir, "org-a", "ana@example.com",
+                  now_us=NOW + 1 * MIN, actor="dpo@example.com")
+    result = sealed_v1.verify(NOW + 2 * MIN)
+    assert result.ok, result.to_json()
+    assert only(result) == {0: "erased", 2: "erased"}
