@@ -8,10 +8,11 @@ import json
 import os
 
 import pytest
-from integrity_helpers import HOUR, MIN, T0, Sealed, event, insert, to_dt
 
 from upmetr_audit.collector import erasure, keys, leafhash, proof, sealing
 from upmetr_audit.collector import verify as verify_mod
+
+from integrity_helpers import HOUR, MIN, T0, Sealed, event, insert, to_dt
 
 #: Sealing and verifying "now": three hours of events are past the grace delay.
 NOW = T0 + 3 * HOUR + 10 * MIN

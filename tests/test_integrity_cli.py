@@ -7,11 +7,12 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from integrity_helpers import HOUR, MIN, event, insert
 
 from upmetr_audit.collector import report
 from upmetr_audit.collector import store as store_mod
 from upmetr_audit.collector.cli import cli
+
+from integrity_helpers import HOUR, MIN, event, insert
 
 
 def run(*args, ok=True):
