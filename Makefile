@@ -1,5 +1,5 @@
 # Every target sets itself up: it creates .venv and installs the project
-# (non-editable, with the server and dev extras) when the sources changed.
+# (non-editable, with the server, dev, grafana and bench extras) when the sources changed.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python $(SOURCES)
 	rm -rf build
-	URLLIB3_NO_OVERRIDE=1 $(BIN)/python -m pip install -q --no-binary urllib3-future '.[server,dev,grafana]'
+	URLLIB3_NO_OVERRIDE=1 $(BIN)/python -m pip install -q --no-binary urllib3-future '.[server,dev,grafana,bench]'
 	touch $@
 
 run: $(VENV)/.installed
