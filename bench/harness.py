@@ -57,7 +57,10 @@ class Benchmark:
     #: "module:function" run with the :class:`Run`; returns a JSON-able dict.
     entry: str
     targets: str
-    needs: tuple[str, ...] = ()
+    #: Whether it uses the run's shared data set (``Run.dataset()``, a chDB
+    #: store open in this process until the run ends). Those run last, so a
+    #: benchmark that opens a chDB store of its own can (one per process).
+    shared_dataset: bool = False
 
     def load(self) -> Callable:
         module, func = self.entry.split(":")
@@ -72,29 +75,28 @@ def register(b: Benchmark) -> None:
 
 
 register(Benchmark("P1", "Ingest: OTLP/HTTP protobuf to committed rows, vs rotel", "bench.ingest:run",
-                   "≥ 50k events per collector CPU-second; ≥ 0.2× rotel's events per CPU-second",
-                   needs=("rotel",)))
+                   "≥ 50k events per collector CPU-second; ≥ 0.2× rotel's events per CPU-second"))
 register(Benchmark("P2", "The audit page's queries, vs otel_logs and PostgreSQL", "bench.pages:run_p2",
                    "composite p95 ≤ 50 ms at 10M; ≥ 10× faster than otel_logs, ≥ 5× than PostgreSQL at "
-                   "10M; first page ≤ 10 ms p95", needs=("postgresql",)))
+                   "10M; first page ≤ 10 ms p95", shared_dataset=True))
 register(Benchmark("P3", "Storage: bytes per event, vs otel_logs and PostgreSQL", "bench.pages:run_p3",
                    "≤ 20 B/event; ≥ 2× smaller than otel_logs; ≥ 15× smaller than PostgreSQL",
-                   needs=("postgresql",)))
+                   shared_dataset=True))
 register(Benchmark("P5", "Shipper: durable emit vs the stock BatchLogRecordProcessor", "bench.shipper:run",
                    "durable ≥ 0.5× stock emits/s; p99 ≤ 1 ms"))
 register(Benchmark("P6", "serve RSS while ingesting and serving the page", "bench.serve:run",
                    "≤ 600 MB at 10M events, ingesting 10k events/s and serving page queries"))
 
 
-def _optional(name, title, entry, targets):
+def _optional(name, title, entry, targets, shared_dataset=False):
     """Benchmarks other engineers build: registered when their module exists."""
     module = entry.split(":")[0]
     if importlib.util.find_spec(module) is not None:
-        register(Benchmark(name, title, entry, targets))
+        register(Benchmark(name, title, entry, targets, shared_dataset))
 
 
 _optional("P4", "Seal verification throughput", "bench.verify:run", "≥ 1M events/s")
-_optional("P7", "Detector run over 10M events, 50 orgs", "bench.detector:run", "≤ 1 s")
+_optional("P7", "Detector run over 10M events, 50 orgs", "bench.detector:run", "≤ 1 s", shared_dataset=True)
 
 
 @dataclass
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="report to (re)generate")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
-    names = args.only or list(REGISTRY)
+    names = sorted(args.only or REGISTRY, key=lambda n: REGISTRY[n].shared_dataset)  # stable
     try:
         with open(args.json_path) as f:
             store = json.load(f)

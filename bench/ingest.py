@@ -1,7 +1,8 @@
 """P1, ingest: OTLP/HTTP protobuf → collector → committed rows, against rotel.
 
-The events of the shared workload become ``ExportLogsServiceRequest``
-bodies, built before timing starts: one request per ``batch`` records, with
+The events of the shared workload, their timestamps moved into the last
+hour (live traffic), become ``ExportLogsServiceRequest`` bodies, built
+before timing starts: one request per ``batch`` records, with
 a ``resource_logs`` per emitting service (its SDK resource) and scope
 ``upmetr.audit``. The same bodies go, over ``connections`` keep-alive
 connections (one sender thread each), to
@@ -41,8 +42,16 @@ RESOURCE = {"service.version": "2026.11.3", "deployment.environment.name": "prod
             "telemetry.sdk.version": "1.45.2"}
 
 
-def build_bodies(events: int, seed: int, end_us: int, batch: int) -> list[tuple[int, bytes]]:
-    """``(records, serialized request)`` per request, from the shared workload."""
+#: Live traffic: the workload's year of timestamps is squeezed into the last hour.
+LIVE_SPAN_US = 3600 * 1_000_000
+
+
+def build_bodies(events: int, seed: int, end_us: int, batch: int,
+                 span_us: int = LIVE_SPAN_US) -> list[tuple[int, bytes]]:
+    """``(records, serialized request)`` per request, from the shared workload,
+    its timestamps moved into ``[end − span, end]`` (a collector receives
+    recent events: one partition, not the whole year's)."""
+    scale = span_us / workload.YEAR_US
     bodies = []
     for table in workload.generate(events, seed, end_us):
         rows = table.to_pylist()
@@ -61,7 +70,8 @@ def build_bodies(events: int, seed: int, end_us: int, batch: int) -> list[tuple[
                     sl.scope.name = c.SCOPE_NAME
                 rec = sl.log_records.add()
                 rec.event_name = EVENT_NAME_PREFIX + row["action"]
-                ts = int(row["timestamp"].timestamp() * 1_000_000) * 1000
+                ts_us = int(row["timestamp"].timestamp() * 1_000_000)
+                ts = (end_us - int((end_us - ts_us) * scale)) * 1000
                 rec.time_unix_nano = ts
                 rec.observed_time_unix_nano = ts + 1_000_000
                 rec.severity_number, rec.severity_text = 9, "INFO"

@@ -4,13 +4,16 @@ and serves the audit page.
 1. A subprocess loads the shared data set into a fresh data dir's embedded
    store (chDB allows one store per process) and creates a superadmin of
    ``org-000`` with the ``audit_logs`` module.
-2. ``upmetr-audit serve`` starts on that data dir (collector, writer and web
-   page in one process).
-3. For ``serve_seconds``: one thread sends OTLP/HTTP requests of 500 new
-   events (the workload with another seed) paced at ``serve_rate`` events/s;
-   another signs in and loads the page (``/audit?action=auth.login&status=failure``:
-   cards, first page, chart) one after the other; the serve process's VmRSS
-   is sampled every 0.25 s.
+2. ``upmetr-audit serve`` starts on that data dir (collector, writer, web
+   page and failed-login detector in one process) with its sealer off
+   (``--seal-interval 0``): on a bulk-loaded store it would first seal the
+   whole year of history, which a running server seals as it arrives
+   (sealing is P4's subject).
+3. For ``serve_seconds``: 4 connections send OTLP/HTTP requests of 500 new
+   events (the workload with another seed), paced at ``serve_rate`` events/s
+   in all; another thread signs in and loads the page
+   (``/audit?action=auth.login&status=failure``: cards, first page, chart)
+   twice a second; the serve process's VmRSS is sampled every 0.25 s.
 
 Figures: the RSS maximum and at the end, the process peak (VmHWM), the
 achieved ingest rate and the page loads served.
@@ -35,6 +38,9 @@ ORG = "org-000"
 EMAIL = "bench-admin@org-000.example.com"
 PASSWORD = "bench-password-0123456789"
 BATCH = 500
+#: Concurrent OTLP connections sharing the ingest rate, and page loads per second.
+SENDERS = 4
+PAGES_PER_S = 2.0
 TARGET_MB = 600
 
 
@@ -77,6 +83,7 @@ def _pace(port: int, bodies, rate: float, stop: threading.Event, sent: list, fai
 
 
 def _pages(port: int, stop: threading.Event, latencies: list, failures: list) -> None:
+    """Sign in, then load the page PAGES_PER_S times a second (or as fast as it answers)."""
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     base = f"http://127.0.0.1:{port}"
@@ -84,7 +91,11 @@ def _pages(port: int, stop: threading.Event, latencies: list, failures: list) ->
     token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
     data = urllib.parse.urlencode({"csrf_token": token, "email": EMAIL, "password": PASSWORD}).encode()
     opener.open(f"{base}/login", data=data, timeout=30).read()
+    start = time.perf_counter()
     while not stop.is_set():
+        wait = start + len(latencies) / PAGES_PER_S - time.perf_counter()
+        if wait > 0 and stop.wait(wait):  # pacing
+            break
         t0 = time.perf_counter()
         with opener.open(f"{base}/audit?action=auth.login&status=failure", timeout=60) as resp:
             body = resp.read()
@@ -102,14 +113,19 @@ def run(run) -> dict:
         subprocess.run([sys.executable, "-m", "bench.serve", data_dir, *paths], check=True)
         load_s = time.perf_counter() - t0
         seconds, rate = params["serve_seconds"], params["serve_rate"]
-        bodies = ingest.build_bodies(int(rate * seconds * 1.2) + BATCH, run.seed + 1, run.end_us, BATCH)
-        with baselines.collector(data_dir, "serve") as srv:
+        # live events: timestamps over the run, as they happen
+        span = int(seconds * 1.2 * 1_000_000)
+        bodies = ingest.build_bodies(int(rate * seconds * 1.2) + BATCH, run.seed + 1,
+                                     time.time_ns() // 1000 + span, BATCH, span_us=span)
+        with baselines.collector(data_dir, "serve", extra=("--seal-interval", "0")) as srv:
             stop = threading.Event()
             sent, ingest_failures, latencies, page_failures = [], [], [], []
             before = srv.accepted()
-            threads = [threading.Thread(target=_pace, args=(srv.http_port, bodies, rate, stop, sent,
-                                                            ingest_failures)),
-                       threading.Thread(target=_pages, args=(srv.web_port, stop, latencies, page_failures))]
+            threads = [threading.Thread(target=_pace, args=(srv.http_port, bodies[i::SENDERS], rate / SENDERS,
+                                                            stop, sent, ingest_failures))
+                       for i in range(SENDERS)]
+            threads.append(threading.Thread(target=_pages, args=(srv.web_port, stop, latencies,
+                                                                 page_failures)))
             samples = []
             for t in threads:
                 t.start()
@@ -125,7 +141,7 @@ def run(run) -> dict:
         if ingest_failures or page_failures or not latencies:
             raise RuntimeError(f"serve: ingest failures {ingest_failures[:3]}, page failures "
                                f"{page_failures[:3]}, {len(latencies)} pages")
-        n, elapsed = sent[0]
+        n, elapsed = sum(x[0] for x in sent), max(x[1] for x in sent)
         latencies.sort()
         rss_max = max(samples + [rss])
         return {"store_events": params["events"], "load_s": round(load_s, 1), "rate": rate,
