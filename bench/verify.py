@@ -134,9 +134,22 @@ def measure(events: int, days: float, seed: int = 1, tmp: str | None = None,
 
 def run(run) -> dict:
     """Entry of ``python -m bench``: the size's event count over 14 days (one
-    day at the tiny size, so the smoke run stays short)."""
+    day at the tiny size, so the smoke run stays short). It needs its own
+    chDB folder, and chDB allows one per process (the harness already holds
+    the data set's), so it runs in a child process."""
+    import subprocess
+    import sys
+
     events = run.params["events"]
-    return measure(events, 14 if events >= 1_000_000 else 1, run.seed, tmp=tempfile.mkdtemp(dir=run.tmp))
+    days = 14 if events >= 1_000_000 else 1
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.verify", "--events", str(events), "--days", str(days),
+         "--seed", str(run.seed), "--tmp", tempfile.mkdtemp(dir=run.tmp), "--json"],
+        capture_output=True, text=True, check=False,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.verify failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -148,10 +161,11 @@ def main() -> int:
     p.add_argument("--compare-v1", action="store_true",
                    help="also seal with leaf version 1 and time its verify (same events, same run)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--tmp", default=None, help="folder for the store (default: a new temp folder, removed)")
     args = p.parse_args()
     if args.events < 1 or args.days < 1 / 24:
         p.error("--events must be positive and --days at least one hour")
-    r = measure(args.events, args.days, args.seed, compare_v1=args.compare_v1)
+    r = measure(args.events, args.days, args.seed, compare_v1=args.compare_v1, tmp=args.tmp)
     if args.json:
         print(json.dumps(r))
     else:
