@@ -176,8 +176,31 @@ _O_AFTER = (f"Timestamp <= fromUnixTimestamp64Micro({{cur_ts:Int64}}, 'UTC') AND
             f"< (fromUnixTimestamp64Micro({{cur_ts:Int64}}, 'UTC'), {{cur_id:UUID}})")
 
 
-class Otel:
+class _Baseline:
+    """The page parts both SQL baselines build from their own ``_page``:
+    ``FAILED`` and ``BY_USER`` are their conditions (``BY_USER`` takes the
+    ``user`` parameter)."""
+
+    FAILED: list[str]
+    BY_USER: str
+
+    def page_filtered(self):
+        return self._page(self.FAILED, {})
+
+    def page_newest(self):
+        return self._page([], {})
+
+    def page_deep(self):
+        return self._page([], {}, self.s.deep.cursor)
+
+    def user_search(self):
+        return self._page([self.BY_USER], {"user": self.s.user})
+
+
+class Otel(_Baseline):
     name = "otel_logs"
+    FAILED = [_O_LOGIN, f"{_O_STATUS} = 'failure'"]
+    BY_USER = f"{_O_USER} = {{user:String}}"
 
     def __init__(self, client, s: Setup):
         self.client, self.s = client, s
@@ -208,9 +231,6 @@ class Otel:
         return [(r["LogAttributes"][c.EVENT_ID], r["Timestamp"].strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
                 for r in rows]
 
-    def page_filtered(self):
-        return self._page([_O_LOGIN, f"{_O_STATUS} = 'failure'"], {})
-
     def chart(self):
         s = self.s
         rows = self.client.query(
@@ -221,15 +241,6 @@ class Otel:
             parameters={"org": ORG, "origin": s.origin, "step": s.step_us, "since": s.since_us,
                         "end": s.end_us}).result_rows
         return s.series(rows)
-
-    def page_newest(self):
-        return self._page([], {})
-
-    def page_deep(self):
-        return self._page([], {}, self.s.deep.cursor)
-
-    def user_search(self):
-        return self._page([f"{_O_USER} = {{user:String}}"], {"user": self.s.user})
 
     def drop_caches(self):
         _drop_clickhouse_caches(self.client)
@@ -252,8 +263,10 @@ FROM (SELECT timestamp, action, status, user_email,
       WHERE org_id = %(org)s AND timestamp >= %(lo)s AND timestamp < %(hi)s) AS recent"""
 
 
-class Postgres:
+class Postgres(_Baseline):
     name = "postgres"
+    FAILED = [f"action = '{LOGIN}'", "status = 'failure'"]
+    BY_USER = "user_email = %(user)s"
 
     def __init__(self, pg, s: Setup):
         self.pg, self.s = pg, s
@@ -281,9 +294,6 @@ class Postgres:
                                            "today_lo": s.today_lo, "today_hi": s.today_hi}).fetchone()
         return s.cards_from_days(row[0], row[1], row[2], list(row[3:]), total)
 
-    def page_filtered(self):
-        return self._page([f"action = '{LOGIN}'", "status = 'failure'"], {})
-
     def chart(self):
         s = self.s
         rows = self.conn.execute(
@@ -293,15 +303,6 @@ class Postgres:
             {"org": ORG, "origin": s.origin, "step": s.step_us, "since": _dt(s.since_us),
              "end": _dt(s.end_us)}).fetchall()
         return s.series(rows)
-
-    def page_newest(self):
-        return self._page([], {})
-
-    def page_deep(self):
-        return self._page([], {}, self.s.deep.cursor)
-
-    def user_search(self):
-        return self._page(["user_email = %(user)s"], {"user": self.s.user})
 
     def drop_caches(self):
         self.conn.close()
