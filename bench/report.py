@@ -51,7 +51,8 @@ def _p1(r: dict) -> list[str]:
 def _p2(r: dict) -> list[str]:
     out = [f"Largest org `{r['org']}`: {r['org_events']:,} of {r['events']:,} events. Results equal "
            f"across the three systems: {_n(r['results_equal'])}. Warm: {r['repeat']} calls after one "
-           f"untimed; cold: {r['cold_runs']} runs after dropping caches (OS page cache dropped: "
+           f"untimed (at least 5 for a part slower than 20 s in all: the counts are in the JSON); "
+           f"cold: {r['cold_runs']} runs after dropping caches (OS page cache dropped: "
            f"{_n(r['os_cache_dropped'])}). ms, p50 / p95.", ""]
     systems = ("typed", "otel_logs", "postgres")
     for temp in ("warm", "cold"):
