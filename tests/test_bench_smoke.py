@@ -8,6 +8,7 @@ is not installed on this machine (the reason says how to install it)."""
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,18 +31,22 @@ def tiny_run(tmp_path_factory):
     with open(shared / "bench.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not json_path.exists():
-            before = _leftovers()
+            # A private temp folder: what the harness leaves behind is its own,
+            # whatever else runs on the machine. World-traversable, since the
+            # PostgreSQL baseline runs as the postgres user.
+            tmp = tempfile.mkdtemp(prefix="bench-smoke-")
+            os.chmod(tmp, 0o755)
             r = subprocess.run([sys.executable, "-m", "bench", "--size", "tiny", "--json", str(json_path),
                                 "--md", str(md_path)], cwd=ROOT, capture_output=True, text=True,
-                               timeout=900)
+                               timeout=900, env={**os.environ, "TMPDIR": tmp})
             log_path.write_text(json.dumps({"returncode": r.returncode, "stderr": r.stderr[-3000:],
-                                            "left": sorted(_leftovers() - before)}))
+                                            "left": sorted(_leftovers(tmp))}))
+            shutil.rmtree(tmp, ignore_errors=True)
     runs = json.loads(json_path.read_text())["runs"]
     return json.loads(log_path.read_text()), runs, md_path.read_text()
 
 
-def _leftovers() -> set[str]:
-    tmp = tempfile.gettempdir()
+def _leftovers(tmp: str) -> set[str]:
     return {d for d in os.listdir(tmp) if d.startswith("upmetr-bench-")}
 
 
