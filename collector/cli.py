@@ -192,6 +192,7 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None,
     store = store_mod.open_store(url)
     try:
         store_mod.migrate(store.client)
+        store.start_purging()  # long-running: keep chDB's freed pages from piling up in RSS
         collector = Collector(store, settings)
         collector.start()
     except BaseException:

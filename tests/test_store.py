@@ -112,6 +112,17 @@ def test_lock_is_released_on_close(tmp_path):
     store_mod.open_store(url).close()  # no StoreLocked
 
 
+def test_purging_thread_runs_and_stops_on_close(tmp_path):
+    s = store_mod.open_store(f"chdb://{tmp_path}/ch")
+    s.start_purging(0.01)
+    s.start_purging(0.01)  # a second call does not start a second thread
+    purger = s._purger
+    assert purger.is_alive()
+    s.client.command("SYSTEM JEMALLOC PURGE")  # the statement the thread runs is accepted
+    s.close()
+    assert not purger.is_alive() and s._purger is None
+
+
 def test_storelocked_message_names_pid_and_remedy():
     msg = str(StoreLocked("/data/ch", 4242))
     assert "process 4242" in msg and "one process at a time" in msg
