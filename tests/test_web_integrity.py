@@ -91,3 +91,10 @@ def test_reports_are_listed_and_downloadable_by_their_org_only(app, store, data_
     for bad in ("..%2F..%2Fkeys%2Fkeyring.json", "keyring.json", "%00"):
         assert acme.get(f"/audit/reports/{bad}").status_code == 404
     assert signed_in(app, "root@globex.test").get(links[0]).status_code == 404
+
+
+def test_badge_says_pending_while_no_window_is_sealed_yet(app, store, data_dir):
+    job = IntegrityJob(store.client, data_dir)
+    job.run_once(T0 + 30 * MIN)          # the first hour has not ended
+    assert badge(signed_in(app, "root@acme.test")) == (
+        "pending", "Not sealed yet: the first seal follows the first full hour")

@@ -17,8 +17,9 @@ from .auth import audit_access, client, self_audit
 bp = Blueprint("alerts", __name__)
 api = Blueprint("alerts_api", __name__, url_prefix="/api/v1")
 
-MEASURE = {"failures": "failed attempts", "spraying": "users tried", "distributed": "source IPs",
-           "spike": "failed attempts", "success_after": "successful logins"}
+MEASURE = {"failures": ("failed attempt", "failed attempts"), "spraying": ("user tried", "users tried"),
+           "distributed": ("source IP", "source IPs"), "spike": ("failed attempt", "failed attempts"),
+           "success_after": ("successful login", "successful logins")}
 
 
 def _ruleset() -> rules_mod.RuleSet:
@@ -34,7 +35,7 @@ def present(alert: dict) -> dict:
         "rule": alert["rule"],
         "title": rule.title if rule else alert["rule"],
         "condition": rule.describe() if rule else "",
-        "measure": MEASURE.get(rule.kind, "") if rule else "",
+        "measure": MEASURE[rule.kind][alert["value"] != 1] if rule else "",
         "severity": alert["severity"],
         "state": alert["state"],
         "key_type": alert["key_type"],

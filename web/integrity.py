@@ -31,15 +31,17 @@ def _iso(us: int | None) -> str | None:
 
 
 def status(org_id: str) -> dict:
-    """What the badge says for one org: ``verified`` through a time, ``problem``, or ``never``."""
+    """What the badge says for one org: ``verified`` through a time, ``problem``,
+    ``pending`` (checked, but no window is sealed yet), or ``never`` (not checked)."""
     latest = verify_mod.latest_result(_data_dir()) if _data_dir() else None
     if latest is None:
         return {"state": "never", "windows": [], "other_problems": 0}
     windows = [w for w in latest.get("windows", []) if w.get("org_id") == org_id]
     bad = [w for w in windows if w["status"] not in verify_mod.OK_STATUSES]
     other = len(latest.get("problems", []))
+    state = "problem" if bad or other else "verified" if latest.get("through_us") else "pending"
     return {
-        "state": "problem" if bad or other else "verified",
+        "state": state,
         "through": _iso(latest.get("through_us")),
         "verified_at": _iso(latest.get("verified_at_us")),
         "scope": latest.get("scope", "full"),
