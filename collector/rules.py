@@ -43,7 +43,6 @@ SEVERITIES = ("warning", "critical", "emergency")
 
 STATUS_SUCCESS, STATUS_FAILURE = STATUSES
 
-KINDS = ("failures", "spraying", "distributed", "spike", "success_after")
 
 _ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 
