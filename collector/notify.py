@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 
 from upmetr_audit.shipper.spool import Spool
 
-from .rules import LOGIN, MAGIC_LINK_VERIFY, MFA_VERIFY, Rule
+from .rules import LOGIN, Rule
 
 log = logging.getLogger("upmetr_audit.notify")
 
@@ -65,8 +65,7 @@ def audit_link(base_url: str, alert: dict, rule: Rule) -> str:
     if rule.kind == "success_after":
         actions, status = [LOGIN], "success"
     else:
-        actions = [LOGIN] + [MFA_VERIFY] * rule.count_mfa + [MAGIC_LINK_VERIFY] * rule.count_magic_link
-        status = "failure"
+        actions, status = rule.failed_actions, "failure"
     query = {"action": ",".join(actions), "status": status,
              "since": _iso(alert["window_start"]), "until": _iso(alert["window_end"])}
     if alert["key_type"] in ("user", "ip"):

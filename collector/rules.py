@@ -73,6 +73,11 @@ class Rule:
     factor: float = 0.0
     baseline_days: int = 0
 
+    @property
+    def failed_actions(self) -> tuple[str, ...]:
+        """The actions whose failures this rule counts."""
+        return (LOGIN,) + (MFA_VERIFY,) * self.count_mfa + (MAGIC_LINK_VERIFY,) * self.count_magic_link
+
     def describe(self) -> str:
         """The condition in words, e.g. for a banner or an alert annotation."""
         w = f"{self.window_minutes} min"
@@ -307,8 +312,7 @@ def _allow_sql(nets: tuple[str, ...]) -> str:
 
 def failed_actions_sql(r: Rule) -> str:
     """The actions whose failures a rule counts, as a SQL condition."""
-    actions = [LOGIN] + [MFA_VERIFY] * r.count_mfa + [MAGIC_LINK_VERIFY] * r.count_magic_link
-    return "action IN (" + ", ".join(f"'{a}'" for a in actions) + ")"
+    return "action IN (" + ", ".join(f"'{a}'" for a in r.failed_actions) + ")"
 
 
 def _severity_sql(per: _Per) -> tuple[str, str]:
