@@ -4,6 +4,8 @@ one process, of
 * the stock OTel SDK path (``BatchLogRecordProcessor`` + ``OTLPLogExporter``),
   which is not durable: it drops on a full queue or a failed export;
 * our durable mode (``emit`` returns once the event is fsynced in the spool);
+* our crash-safe mode (``emit`` returns once the event is written to the
+  spool file, which a crash of the process cannot undo; fsynced every 0.1 s);
 * our fast mode (in memory, like the stock path, but never drops).
 
 All three send to the same local OTLP/HTTP sink (a subprocess that answers
@@ -148,7 +150,7 @@ def run(run) -> dict:
     results = []
     try:
         for threads in run.params["shipper_threads"]:
-            for mode in ("stock", "durable", "fast"):
+            for mode in ("stock", "durable", "crash-safe", "fast"):
                 results.append(measure(mode, sink, events, threads, tmp))
     finally:
         sink.stop()
@@ -159,7 +161,9 @@ def run(run) -> dict:
     lost = [r for r in results if r["mode"] != "stock" and r["delivered"] != r["events"]]
     if lost:
         raise RuntimeError(f"our shipper lost events: {lost}")
-    durable = [r for r in results if r["mode"] == "durable"]
-    return {"events": len(events), "results": results, "targets": {
-        "durable_0.5x_stock": min(r["vs_stock"] for r in durable) >= 0.5,
-        "durable_p99_le_1ms": max(r["p99_us"] for r in durable) <= 1000}}
+    targets = {}
+    for mode in ("durable", "crash-safe"):
+        mine = [r for r in results if r["mode"] == mode]
+        targets[f"{mode}_0.5x_stock"] = min(r["vs_stock"] for r in mine) >= 0.5
+        targets[f"{mode}_p99_le_1ms"] = max(r["p99_us"] for r in mine) <= 1000
+    return {"events": len(events), "results": results, "targets": targets}

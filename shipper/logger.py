@@ -101,14 +101,22 @@ def _count_records(spool: Spool) -> int:
     return n
 
 
+#: How far ``emit`` goes before it returns (see :class:`AuditLogger`).
+MODES = ("durable", "crash-safe", "fast")
+
+
 class AuditLogger(CatalogHelpers):
     """The shipper. Arguments override the standard OTel environment variables
     (``OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT``, ``_PROTOCOL``, ``_HEADERS``,
     ``_COMPRESSION``, ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``).
 
     :param mode: ``"durable"`` (default: ``emit`` returns once the event is
-        fsynced in the spool) or ``"fast"`` (in memory: events not yet sent are
-        lost if the process dies).
+        fsynced in the spool: it survives a crash of the process or of the
+        machine), ``"crash-safe"`` (``emit`` returns once the event is written
+        to the spool file: it survives a crash of the process; the spool is
+        fsynced every ``sync_interval_s``, so a power loss can lose at most
+        that much) or ``"fast"`` (in memory: events not yet sent are lost if
+        the process dies).
     :param spool_dir: default ``$UPMETR_AUDIT_SPOOL_DIR``, else
         ``<$UPMETR_AUDIT_DATA_DIR or ./var>/spool/<service.name>``.
     """
@@ -118,9 +126,10 @@ class AuditLogger(CatalogHelpers):
                  compression: str | None = None, resource_attributes: Mapping | None = None,
                  spool_dir: str | None = None, mode: str = "durable",
                  spool_max_bytes: int = 256 * 1024 * 1024, emit_timeout_s: float = 5.0,
-                 max_batch: int = 512, backoff_max_s: float = 30.0):
-        if mode not in ("durable", "fast"):
-            raise ValueError(f"mode must be 'durable' or 'fast', not {mode!r}")
+                 max_batch: int = 512, backoff_max_s: float = 30.0,
+                 sync_interval_s: float = 0.1):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
         attrs = dict(resource_attributes or {})
         if service_name:
             attrs["service.name"] = service_name
@@ -129,9 +138,10 @@ class AuditLogger(CatalogHelpers):
         self.spool_dir = spool_dir or os.environ.get("UPMETR_AUDIT_SPOOL_DIR") or os.path.join(
             os.environ.get("UPMETR_AUDIT_DATA_DIR", "./var"), "spool", service)
         sender = sender_from_env(endpoint, protocol, dict(headers) if headers else None, compression)
-        if mode == "durable":
+        if mode != "fast":
             queue = Spool(self.spool_dir, max_bytes=spool_max_bytes,
-                          segment_bytes=min(8 * 1024 * 1024, spool_max_bytes))
+                          segment_bytes=min(8 * 1024 * 1024, spool_max_bytes),
+                          sync_interval_s=sync_interval_s if mode == "crash-safe" else 0.0)
             pending = _count_records(queue)
         else:
             os.makedirs(self.spool_dir, exist_ok=True)
@@ -143,7 +153,7 @@ class AuditLogger(CatalogHelpers):
             pending=pending,
             # At interpreter exit a durable spool keeps what is unsent for the
             # next run; an in-memory queue gets longer to deliver.
-            shutdown_timeout_millis=2_000 if mode == "durable" else 30_000)
+            shutdown_timeout_millis=30_000 if mode == "fast" else 2_000)
         self.provider = LoggerProvider(resource=self.resource, shutdown_on_exit=True)
         self.provider.add_log_record_processor(self.processor)
         self._logger = self.provider.get_logger(c.SCOPE_NAME)

@@ -9,7 +9,10 @@ Layout of a spool directory::
 
 ``append`` returns once the frame is written and fsynced. fsync is group
 committed: concurrent appends that arrive while one fsync runs share the
-next one. A reader (the shipper's worker) reads frames in order from the
+next one. With ``sync_interval_s`` > 0, ``append`` returns once the frame is
+written (in the kernel: it survives a crash of the process) and a background
+thread fdatasyncs what was written every ``sync_interval_s`` (a power loss can
+lose at most that much). A reader (the shipper's worker) reads frames in order from the
 cursor and calls ``ack`` once the collector has committed them; fully
 acknowledged segments are deleted. A torn or corrupt frame (a crash during a
 write, a damaged disk) fails its checksum: the rest of that segment is skipped
@@ -61,9 +64,12 @@ def encode_frame(payload: bytes) -> bytes:
 
 class Spool:
     def __init__(self, directory: str, *, max_bytes: int = 256 * 1024 * 1024,
-                 segment_bytes: int = 8 * 1024 * 1024, fsync: bool = True):
+                 segment_bytes: int = 8 * 1024 * 1024, fsync: bool = True,
+                 sync_interval_s: float = 0.0):
         if max_bytes < segment_bytes or segment_bytes < 4096:
             raise ValueError("need segment_bytes >= 4096 and max_bytes >= segment_bytes")
+        if not 0 <= sync_interval_s <= 60:
+            raise ValueError("sync_interval_s must be between 0 and 60 seconds")
         self.directory = os.path.abspath(directory)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
@@ -97,6 +103,13 @@ class Spool:
         self._fd = self._open_segment(self._active)
         self._read_pos = self._cursor
         self._closed = False
+        self.sync_interval_s = sync_interval_s if fsync else 0.0
+        self._stop_syncer = threading.Event()
+        self._syncer = None
+        if self.sync_interval_s:
+            self._syncer = threading.Thread(target=self._sync_periodically, daemon=True,
+                                            name=f"spool-sync {self.directory}")
+            self._syncer.start()
 
     # -- paths and files ------------------------------------------------------
 
@@ -180,8 +193,17 @@ class Spool:
             self._sizes[self._active] += len(frame)
             self._written += len(frame)
             mine = self._written
-        if self.fsync:
+        if self.fsync and not self.sync_interval_s:
             self._sync_to(mine)
+
+    def _sync_periodically(self) -> None:
+        while not self._stop_syncer.wait(self.sync_interval_s):
+            written = self._written
+            if written > self._synced:
+                try:
+                    self._sync_to(written)
+                except OSError as exc:  # the segment was rolled or closed meanwhile
+                    log.warning("spool %s: background sync failed: %s", self.directory, exc)
 
     def _roll(self) -> None:
         """Close the full segment (synced) and start the next one. Holds ``_lock``."""
@@ -283,6 +305,9 @@ class Spool:
             self._space.notify_all()
 
     def close(self) -> None:
+        if self._syncer is not None:
+            self._stop_syncer.set()
+            self._syncer.join()
         with self._lock:
             if self._closed:
                 return

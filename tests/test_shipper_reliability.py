@@ -95,8 +95,8 @@ def test_collector_sigkilled_repeatedly_loses_and_duplicates_nothing(tmp_path):
 EMITTER = r"""
 import sys
 from upmetr_audit.shipper import AuditLogger
-url, spool, log_path, start, stop, token = sys.argv[1:]
-audit = AuditLogger(service_name="emitter", endpoint=url, spool_dir=spool,
+url, spool, log_path, start, stop, token, mode = sys.argv[1:]
+audit = AuditLogger(service_name="emitter", endpoint=url, spool_dir=spool, mode=mode,
                     headers={"authorization": "Bearer " + token}, backoff_max_s=0.3)
 with open(log_path, "a") as log:
     for i in range(int(start), int(stop)):
@@ -107,14 +107,15 @@ print("flushed", audit.flush(120), flush=True)
 """
 
 
-def test_emitting_process_sigkilled_then_restarted_loses_and_duplicates_nothing(tmp_path):
+@pytest.mark.parametrize("mode", ["durable", "crash-safe"])
+def test_emitting_process_sigkilled_then_restarted_loses_and_duplicates_nothing(tmp_path, mode):
     collector = CollectorProcess(tmp_path / "data").start()
     spool, log_path = str(tmp_path / "spool"), tmp_path / "emitted.txt"
     script = tmp_path / "emit.py"
     script.write_text(EMITTER)
     args = [sys.executable, str(script), collector.url, spool, str(log_path)]
 
-    first = subprocess.Popen([*args, "0", "20000", TOKEN], stdout=subprocess.PIPE, text=True)
+    first = subprocess.Popen([*args, "0", "20000", TOKEN, mode], stdout=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not log_path.exists() or len(log_path.read_text().splitlines()) < 3000:
         assert time.monotonic() < deadline and first.poll() is None
@@ -124,7 +125,7 @@ def test_emitting_process_sigkilled_then_restarted_loses_and_duplicates_nothing(
     killed_after = len(log_path.read_text().splitlines())
     assert killed_after < 20000  # really mid-stream
 
-    out = subprocess.run([*args, "20000", "21000", TOKEN], capture_output=True, text=True,
+    out = subprocess.run([*args, "20000", "21000", TOKEN, mode], capture_output=True, text=True,
                          timeout=300).stdout
     assert "flushed True" in out
     collector.stop()
@@ -135,7 +136,7 @@ def test_emitting_process_sigkilled_then_restarted_loses_and_duplicates_nothing(
     assert len(got) - len(emitted) <= 1  # at most the one being written at the kill
 
 
-@pytest.mark.parametrize("mode", ["durable", "fast"])
+@pytest.mark.parametrize("mode", ["durable", "crash-safe", "fast"])
 def test_modes_deliver_everything_on_a_healthy_path(tmp_path, mode):
     collector = CollectorProcess(tmp_path / "data").start()
     audit = AuditLogger(service_name="modes", endpoint=collector.url, mode=mode,

@@ -140,3 +140,56 @@ def test_unusable_directory_is_a_clear_error(tmp_path):
     (tmp_path / "a-file").write_text("not a directory")
     with pytest.raises(SpoolError, match="cannot use spool directory"):
         Spool(tmp_path / "a-file" / "spool")
+
+
+def test_interval_sync_appends_without_waiting_for_a_sync_then_syncs_in_the_background(
+        tmp_path, monkeypatch):
+    import upmetr_audit.shipper.spool as spool_mod
+
+    synced = threading.Event()
+    real = os.fdatasync
+
+    def recording_fdatasync(fd):
+        real(fd)
+        synced.set()
+
+    monkeypatch.setattr(spool_mod.os, "fdatasync", recording_fdatasync)
+    spool = Spool(tmp_path, sync_interval_s=0.05)
+    spool.append(b"one")
+    spool.append(b"two")
+    assert spool._synced < spool._written  # the appends returned before any sync
+    assert synced.wait(10)                  # the background thread synced them
+    assert drain(spool) == [b"one", b"two"]
+    spool.close()
+
+
+@pytest.mark.parametrize("interval", [-1, 61])
+def test_a_sync_interval_out_of_range_is_refused(tmp_path, interval):
+    with pytest.raises(ValueError, match="sync_interval_s"):
+        Spool(tmp_path, sync_interval_s=interval)
+
+
+KILLED_WRITER = r"""
+import sys
+from upmetr_audit.shipper.spool import Spool
+spool = Spool(sys.argv[1], sync_interval_s=60)  # no sync will run before the kill
+for i in range(int(sys.argv[2])):
+    spool.append(f"event-{i}".encode())
+print("appended", flush=True)
+sys.stdin.read()  # wait to be killed
+"""
+
+
+def test_interval_sync_appends_survive_a_sigkill_of_the_process(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path), "2000"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "appended"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    spool = Spool(tmp_path)
+    assert drain(spool) == [f"event-{i}".encode() for i in range(2000)]
+    spool.close()
