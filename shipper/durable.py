@@ -208,7 +208,7 @@ class DurableLogRecordProcessor(LogRecordProcessor):
     def __init__(self, queue, sender, dead_letter: DeadLetter, *, max_batch: int = 512,
                  emit_timeout_s: float = 5.0, backoff_initial_s: float = 0.5,
                  backoff_max_s: float = 30.0, pending: int = 0,
-                 shutdown_timeout_millis: int = 30_000):
+                 shutdown_timeout_millis: int = 30_000, linger_s: float = 0.05):
         self.queue = queue
         self.sender = sender
         self.dead_letter = dead_letter
@@ -218,8 +218,14 @@ class DurableLogRecordProcessor(LogRecordProcessor):
         self.backoff_max_s = backoff_max_s
         self.stats = Stats(pending=pending)
         self.shutdown_timeout_millis = shutdown_timeout_millis
+        #: How long the worker waits for a full batch before it sends a partial
+        #: one: one request per few records would cost the emitting threads
+        #: the GIL time of many small HTTP requests (P5 in docs/benchmarks.md).
+        self.linger_s = linger_s
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._full = threading.Event()  # a batch is full, or a flush asks for everything now
+        self._flushing = 0
         self._idle = threading.Condition()
         self._stopping = threading.Event()
         self._shutdown = False
@@ -237,15 +243,25 @@ class DurableLogRecordProcessor(LogRecordProcessor):
         self.queue.append(payload, timeout_s=self.emit_timeout_s)
         with self._lock:
             self.stats.pending += 1
+            full = self.stats.pending >= self.max_batch
         self._wake.set()
+        if full:
+            self._full.set()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Wait until every emitted event is delivered or dead-lettered."""
         deadline = time.monotonic() + timeout_millis / 1000
+        with self._lock:
+            self._flushing += 1
+        self._full.set()
         self._wake.set()
-        with self._idle:
-            return self._idle.wait_for(lambda: self.stats.pending == 0,
-                                       max(0.0, deadline - time.monotonic()))
+        try:
+            with self._idle:
+                return self._idle.wait_for(lambda: self.stats.pending == 0,
+                                           max(0.0, deadline - time.monotonic()))
+        finally:
+            with self._lock:
+                self._flushing -= 1
 
     def shutdown(self, timeout_millis: int | None = None) -> int:
         """Flush for up to the timeout, then stop. Returns the events left in
@@ -257,6 +273,7 @@ class DurableLogRecordProcessor(LogRecordProcessor):
             self._shutdown = True
             self._stopping.set()
             self._wake.set()
+            self._full.set()
             self._worker.join(5)
             self.queue.close()
             self.sender.close()
@@ -271,6 +288,7 @@ class DurableLogRecordProcessor(LogRecordProcessor):
     def _run(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
+            self._linger()
             payloads, pos = self.queue.read(self.max_batch)
             if not payloads:
                 self._notify_idle()
@@ -313,6 +331,17 @@ class DurableLogRecordProcessor(LogRecordProcessor):
                 self.stats.pending -= len(payloads)
             self._oldest_ns = 0
             self._notify_idle()
+
+    def _linger(self) -> None:
+        """Wait up to ``linger_s`` for a full batch (or a flush, or shutdown)."""
+        deadline = time.monotonic() + self.linger_s
+        while (not self._flushing and not self._stopping.is_set()
+               and self.stats.pending < self.max_batch):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._full.wait(remaining)
+            self._full.clear()
 
     def _count_dead(self, n: int) -> None:
         with self._lock:

@@ -117,6 +117,9 @@ class AuditLogger(CatalogHelpers):
         fsynced every ``sync_interval_s``, so a power loss can lose at most
         that much) or ``"fast"`` (in memory: events not yet sent are lost if
         the process dies).
+    :param linger_s: how long the sending thread waits for a full batch
+        (``max_batch`` events) before it sends what it has; ``flush`` and
+        ``shutdown`` send at once.
     :param spool_dir: default ``$UPMETR_AUDIT_SPOOL_DIR``, else
         ``<$UPMETR_AUDIT_DATA_DIR or ./var>/spool/<service.name>``.
     """
@@ -127,7 +130,7 @@ class AuditLogger(CatalogHelpers):
                  spool_dir: str | None = None, mode: str = "durable",
                  spool_max_bytes: int = 256 * 1024 * 1024, emit_timeout_s: float = 5.0,
                  max_batch: int = 512, backoff_max_s: float = 30.0,
-                 sync_interval_s: float = 0.1):
+                 sync_interval_s: float = 0.1, linger_s: float = 0.05):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
         attrs = dict(resource_attributes or {})
@@ -150,7 +153,7 @@ class AuditLogger(CatalogHelpers):
         self.processor = DurableLogRecordProcessor(
             queue, sender, DeadLetter(os.path.join(self.spool_dir, "dead-letter.jsonl")),
             max_batch=max_batch, emit_timeout_s=emit_timeout_s, backoff_max_s=backoff_max_s,
-            pending=pending,
+            pending=pending, linger_s=linger_s,
             # At interpreter exit a durable spool keeps what is unsent for the
             # next run; an in-memory queue gets longer to deliver.
             shutdown_timeout_millis=30_000 if mode == "fast" else 2_000)

@@ -273,3 +273,21 @@ def test_headers_protocol_and_compression_from_the_standard_variables():
         sender_from_env(environ={"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
     with pytest.raises(ValueError, match="invalid OTLP header"):
         sender_from_env(environ={"OTEL_EXPORTER_OTLP_HEADERS": "novalue"})
+
+
+def test_records_go_in_full_batches_and_a_flush_sends_the_rest_at_once(collector, store,
+                                                                        make_shipper):
+    def requests():
+        return collector.metrics.value("upmetr_audit_requests_total", transport="http",
+                                       outcome="200")
+
+    # A linger far longer than the test: only full batches and the flush send.
+    audit = make_shipper(collector.logs_url, max_batch=50, linger_s=600)
+    ids = [audit.auth.logout(org="acme", user=f"u{i}@x.test") for i in range(120)]
+    # two full batches go without waiting; the other 20 wait for a full batch
+    wait_for(lambda: count(store) == 100 and requests() == 2 and audit.stats()["pending"] == 20)
+    assert audit.flush(30)                 # ... or a flush, which sends it at once
+    assert requests() == 3
+    stored = {str(r[0]) for r in store.client.query(
+        "SELECT event_id FROM audit.audit_events").result_rows}
+    assert stored == set(ids)
