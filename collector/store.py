@@ -30,6 +30,15 @@ LOCK_FILE = "upmetr-audit.lock"
 #: RSS. Its caches are not the issue: at 10M events they hold a few MB.
 PURGE_INTERVAL_S = 1.0
 
+#: chDB's cache of decompressed blocks (ClickHouse's uncompressed cache, off by
+#: default). A page of 25 events decompresses a few granules of every column
+#: (~7 MB at 10M events); with the cache, a page load that reads the same
+#: blocks again skips that (first filtered page at 10M: p50 16 → 10 ms,
+#: docs/benchmarks.md P2). Queries reading more than ~1M rows bypass it, so
+#: exports and verify do not evict the page's blocks. Sized against serve's
+#: memory target (P6).
+UNCOMPRESSED_CACHE_BYTES = 32 * 1024 * 1024
+
 
 def default_url(data_dir: str) -> str:
     return "chdb://" + os.path.join(os.path.abspath(data_dir), "clickhouse")
@@ -115,7 +124,9 @@ def open_store(url: str) -> Store:
         path = os.path.abspath(path)
         fd = _lock_embedded(path)
         try:
-            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+            client = clickhouse_connect.get_client(
+                dsn=f"chdb://{path}", settings={"use_uncompressed_cache": 1},
+                chdb_options={"uncompressed_cache_size": UNCOMPRESSED_CACHE_BYTES})
         except Exception as exc:
             os.close(fd)
             if "lock" in str(exc).lower():

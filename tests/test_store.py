@@ -126,3 +126,29 @@ def test_purging_thread_runs_and_stops_on_close(tmp_path):
 def test_storelocked_message_names_pid_and_remedy():
     msg = str(StoreLocked("/data/ch", 4242))
     assert "process 4242" in msg and "one process at a time" in msg
+
+
+def test_an_embedded_store_keeps_decompressed_blocks_for_the_next_page_load(store):
+    """The page's second load of the same rows reads them from the
+    uncompressed cache instead of decompressing them again."""
+    import datetime as dt
+
+    from upmetr_audit.web import queries
+
+    from helpers import insert_events
+
+    now = dt.datetime.now(dt.UTC)
+    insert_events(store.client, [{"timestamp": now - dt.timedelta(minutes=i), "org_id": "org-a"}
+                                 for i in range(50)])
+
+    def hits() -> int:
+        return store.client.query(
+            "SELECT sum(value) FROM system.events WHERE event = 'UncompressedCacheHits'"
+        ).result_rows[0][0]
+
+    filters = queries.parse_filters({}, now)
+    first = queries.list_events(store.client, "org-a", filters)
+    before = hits()
+    again = queries.list_events(store.client, "org-a", filters)
+    assert again == first and len(first.events) == 25
+    assert hits() > before
