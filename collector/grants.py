@@ -71,7 +71,9 @@ APPS: tuple[App, ...] = (
         _WRITE),
     App("web", True, (ALERTS,),
         "the audit page: reads; its own events go through the collector; acknowledging an "
-        "alert appends a state change to audit_alerts", _READ + _WRITE),
+        "alert appends a state change to audit_alerts",
+        # the page re-reads the same few granules: keep them decompressed (deploy.md)
+        _READ + _WRITE + ("use_uncompressed_cache = 1",)),
     App("sealer", False, SEALS, "reads events, appends seals and their leaves", _READ + _WRITE),
     App("detector", False, (ALERTS,), "reads events, appends alert state changes", _READ + _WRITE),
     App("grafana", False, (), "dashboards: read-only, no account tables", _READ),
