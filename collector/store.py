@@ -36,8 +36,21 @@ PURGE_INTERVAL_S = 1.0
 #: blocks again skips that (first filtered page at 10M: p50 16 → 10 ms,
 #: docs/benchmarks.md P2). Queries reading more than ~1M rows bypass it, so
 #: exports and verify do not evict the page's blocks. Sized against serve's
-#: memory target (P6).
+#: memory target (P6); ``UPMETR_AUDIT_UNCOMPRESSED_CACHE_MB`` overrides it
+#: (0 turns the cache off).
 UNCOMPRESSED_CACHE_BYTES = 32 * 1024 * 1024
+CACHE_ENV = "UPMETR_AUDIT_UNCOMPRESSED_CACHE_MB"
+
+
+def uncompressed_cache_bytes(environ=None) -> int:
+    """The embedded store's uncompressed cache size. Raises :class:`ConfigError`."""
+    value = (os.environ if environ is None else environ).get(CACHE_ENV)
+    if value is None or value == "":
+        return UNCOMPRESSED_CACHE_BYTES
+    if not value.isdigit() or int(value) > 65536:
+        raise ConfigError(f"{CACHE_ENV} must be a whole number of MB from 0 to 65536, "
+                          f"not {value!r}")
+    return int(value) * 1024 * 1024
 
 
 def default_url(data_dir: str) -> str:
@@ -122,11 +135,12 @@ def open_store(url: str) -> Store:
         if not path:
             raise ConfigError(f"chdb URL {url!r} has no folder; use chdb:///absolute/path")
         path = os.path.abspath(path)
+        cache = uncompressed_cache_bytes()
         fd = _lock_embedded(path)
         try:
             client = clickhouse_connect.get_client(
-                dsn=f"chdb://{path}", settings={"use_uncompressed_cache": 1},
-                chdb_options={"uncompressed_cache_size": UNCOMPRESSED_CACHE_BYTES})
+                dsn=f"chdb://{path}", settings={"use_uncompressed_cache": int(cache > 0)},
+                chdb_options={"uncompressed_cache_size": cache})
         except Exception as exc:
             os.close(fd)
             if "lock" in str(exc).lower():

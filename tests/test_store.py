@@ -152,3 +152,17 @@ def test_an_embedded_store_keeps_decompressed_blocks_for_the_next_page_load(stor
     again = queries.list_events(store.client, "org-a", filters)
     assert again == first and len(first.events) == 25
     assert hits() > before
+
+
+@pytest.mark.parametrize("value, expected", [(None, store_mod.UNCOMPRESSED_CACHE_BYTES),
+                                             ("", store_mod.UNCOMPRESSED_CACHE_BYTES),
+                                             ("0", 0), ("128", 128 << 20)])
+def test_the_uncompressed_cache_size_can_be_set_in_mb(value, expected):
+    environ = {} if value is None else {store_mod.CACHE_ENV: value}
+    assert store_mod.uncompressed_cache_bytes(environ) == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "32MB", "1e3", "99999999"])
+def test_a_bad_uncompressed_cache_size_is_a_config_error(value):
+    with pytest.raises(ConfigError, match="UPMETR_AUDIT_UNCOMPRESSED_CACHE_MB"):
+        store_mod.uncompressed_cache_bytes({store_mod.CACHE_ENV: value})
