@@ -244,8 +244,12 @@ class DurableLogRecordProcessor(LogRecordProcessor):
         with self._lock:
             self.stats.pending += 1
             full = self.stats.pending >= self.max_batch
-        self._wake.set()
-        if full:
+        # Setting an Event takes its lock and notifies; when it is already set
+        # (the worker clears it before it reads again) that is only contention
+        # between emitting threads.
+        if not self._wake.is_set():
+            self._wake.set()
+        if full and not self._full.is_set():
             self._full.set()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
