@@ -1,4 +1,4 @@
-"""Newest-first reads try a 7-day, then a 56-day window below the top of the
+"""Newest-first reads try a 28-day, then a 168-day window below the top of the
 page before the unbounded query (web/queries.py WINDOWS_US). Whichever
 query answers, a page must be exactly the full order's slice."""
 
@@ -11,7 +11,7 @@ from upmetr_audit.web.queries import parse_filters
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 #: Ages in days: inside the first window, the second, and beyond both.
-AGES = [0.1 * i for i in range(12)] + [10 + 3 * i for i in range(12)] + [70 + 20 * i for i in range(12)]
+AGES = [0.1 * i for i in range(12)] + [30 + 10 * i for i in range(12)] + [170 + 15 * i for i in range(12)]
 
 
 def _all_pages(store, args: dict, per_page: int = 25) -> list[str]:
@@ -33,9 +33,9 @@ def test_pages_across_the_windows_equal_the_full_order(store):
     failed = [e["id"] for e in sorted(events, key=lambda e: (e["ts"], e["id"]), reverse=True)
               if e["status"] == "failure"]
     assert _all_pages(store, {"status": "failure"}) == failed
-    # a first page that the 7-day window cannot fill, nor the 56-day one
+    # a first page that the 28-day window cannot fill, nor the 168-day one
     assert _all_pages(store, {"status": "failure"}, per_page=50) == failed
-    until = (NOW - timedelta(days=30)).isoformat()
+    until = (NOW - timedelta(days=100)).isoformat()
     assert _all_pages(store, {"until": until}) == [
         e["id"] for e in sorted(events, key=lambda e: (e["ts"], e["id"]), reverse=True)
-        if e["ts"] < NOW - timedelta(days=30)]
+        if e["ts"] < NOW - timedelta(days=100)]

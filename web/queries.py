@@ -389,8 +389,11 @@ def events_query(org_id: str, f: Filters, after: Cursor | None, limit: int) -> t
 #: cursor, ``until``, or now): a page usually fills from the newest partition
 #: or two, and the bound on ``timestamp`` lets ClickHouse skip the older monthly
 #: partitions, each of which would otherwise cost a read of every selected
-#: column (docs/benchmarks.md, P2).
-WINDOWS_US = (7 * _DAY_US, 56 * _DAY_US)
+#: column. Inside the newest two partitions the window's width costs next to
+#: nothing (read in order, with the top-K filter), so the first window spans
+#: them: 28 days, not 7, fills a sparse filter's page with one query
+#: (docs/benchmarks.md, P2).
+WINDOWS_US = (28 * _DAY_US, 168 * _DAY_US)
 
 
 def _fetch(client, org_id: str, f: Filters, after: Cursor | None, limit: int) -> list[dict]:
