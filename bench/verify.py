@@ -6,10 +6,11 @@ day), seals every hourly window, then times ``verify``: leaf hashes and
 Merkle roots recomputed in ClickHouse, per-window roots streamed to Python,
 every seal's hash, chain link and Ed25519 signature checked, and the digest
 files compared. Reports events verified per second of wall clock.
-``--compare-v1`` then seals the same events again with leaf version 1 (the
-text serialization) and times verify of those seals too, in the same run.
+``--compare N`` then seals the same events again with the older leaf version
+N (1: text leaves; 2: binary leaves with the text personal commitment) and
+times verify of those seals too, in the same run.
 
-    .venv/bin/python bench/verify.py --events 10000000 --days 14 [--compare-v1] [--json]
+    .venv/bin/python bench/verify.py --events 10000000 --days 14 [--compare 2] [--json]
 
 ``run(run)`` is the entry of ``python -m bench`` (P4).
 """
@@ -87,7 +88,7 @@ def _seal_and_verify(client, tmp: str, ring, start: int, now: int, events: int, 
 
 
 def measure(events: int, days: float, seed: int = 1, tmp: str | None = None,
-            compare_v1: bool = False) -> dict:
+            compare: int | None = None) -> dict:
     own_tmp = tmp is None
     tmp = tmp or tempfile.mkdtemp(prefix="upmetr-bench-verify-")
     store = None
@@ -118,12 +119,13 @@ def measure(events: int, days: float, seed: int = 1, tmp: str | None = None,
             "target_events_per_s": TARGET_EVENTS_PER_S,
             "target_met": events / verify_s >= TARGET_EVENTS_PER_S,
         }
-        if compare_v1:  # the same events, sealed again with the text leaves of version 1
+        if compare:  # the same events, sealed again with an older leaf version
             for table in (SEALS_TABLE, SEAL_LEAVES_TABLE):
                 client.command(f"TRUNCATE TABLE {table}")
-            old = _seal_and_verify(client, tmp, ring, start, now, events, 1)
-            out["v1"] = {**old, "verify_events_per_s": round(events / old["verify_s"])}
-            out["speedup_vs_v1"] = round(old["verify_s"] / verify_s, 2)
+            old = _seal_and_verify(client, tmp, ring, start, now, events, compare)
+            out["compare"] = {**old, "leaf_version": compare,
+                              "verify_events_per_s": round(events / old["verify_s"])}
+            out["speedup"] = round(old["verify_s"] / verify_s, 2)
         return out
     finally:
         if store is not None:
@@ -158,24 +160,26 @@ def main() -> int:
     p.add_argument("--events", type=int, default=10_000_000)
     p.add_argument("--days", type=float, default=14.0, help="span of received_at")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--compare-v1", action="store_true",
-                   help="also seal with leaf version 1 and time its verify (same events, same run)")
+    p.add_argument("--compare", type=int, choices=[v for v in leafhash.LEAF_VERSIONS
+                                                   if v != leafhash.LEAF_VERSION],
+                   help="also seal with this older leaf version and time its verify (same events, same run)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--tmp", default=None, help="folder for the store (default: a new temp folder, removed)")
     args = p.parse_args()
     if args.events < 1 or args.days < 1 / 24:
         p.error("--events must be positive and --days at least one hour")
-    r = measure(args.events, args.days, args.seed, compare_v1=args.compare_v1, tmp=args.tmp)
+    r = measure(args.events, args.days, args.seed, compare=args.compare, tmp=args.tmp)
     if args.json:
         print(json.dumps(r))
     else:
         print(f"{r['events']:,} events, {r['windows']:,} windows: sealed in {r['seal_s']} s; "
               f"verified in {r['verify_s']} s = {r['verify_events_per_s']:,} events/s "
               f"(target {TARGET_EVENTS_PER_S:,}: {'met' if r['target_met'] else 'missed'})")
-        if "v1" in r:
-            print(f"leaf version 1: verified in {r['v1']['verify_s']} s = "
-                  f"{r['v1']['verify_events_per_s']:,} events/s; v{r['leaf_version']} is "
-                  f"{r['speedup_vs_v1']}x faster")
+        if "compare" in r:
+            old = r["compare"]
+            print(f"leaf version {old['leaf_version']}: verified in {old['verify_s']} s = "
+                  f"{old['verify_events_per_s']:,} events/s; v{r['leaf_version']} is "
+                  f"{r['speedup']}x faster")
     return 0
 
 

@@ -2,7 +2,9 @@
 
 For every event of one person in one org (``user_email``), in this order:
 
-1. record the event's personal commitment in ``audit.audit_erasures``;
+1. record the event's personal commitment in ``audit.audit_erasures``: the
+   one its leaf holds, which depends on the leaf version of the seal of its
+   window (the current version if the window is not sealed yet);
 2. append a signed manifest of the erasure (its id, org, pseudonym, and a
    hash of the sorted ``event_id:commitment`` list) to the digest files;
 3. in one mutation, replace the email and user id by a pseudonym
@@ -19,6 +21,7 @@ The erasure itself is recorded as an audit event
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import json
@@ -81,14 +84,34 @@ def redact_changes(text: str, needles: list[str]) -> str:
     return json.dumps(_redact(obj, needles), ensure_ascii=False)
 
 
+def _seal_versions(client, org: str):
+    """A function from an event's ``received_at`` (µs) to the leaf version of
+    the org's seal covering it, or the current version."""
+    seals = client.query(
+        f"SELECT DISTINCT toUnixTimestamp64Micro(window_start), toUnixTimestamp64Micro(window_end), "
+        f"leaf_version FROM {schema.SEALS_TABLE} WHERE org_id = {{org:String}} ORDER BY 1",
+        parameters={"org": org}).result_rows
+    starts = [s for s, _, _ in seals]
+
+    def version_at(received_us: int) -> int:
+        i = bisect.bisect_right(starts, received_us) - 1
+        if i >= 0 and received_us < seals[i][1] and seals[i][2] in leafhash.LEAF_VERSIONS:
+            return seals[i][2]
+        return leafhash.LEAF_VERSION
+
+    return version_at
+
+
 def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, now_us: int,
           actor: str, dry_run: bool = False) -> Erasure:
     if not org or not email:
         raise ErasureError("both --org and --user-email are needed")
+    commitments = ", ".join(f"lower(hex({leafhash.commitment_sql(version=v)}))"
+                            for v in leafhash.LEAF_VERSIONS)  # one per leaf version
     rows = client.query(
         f"SELECT toString(event_id), user_id, if(ip = toIPv6('::'), '', "
         f"replaceRegexpOne(IPv6NumToString(ip), '^::ffff:', '')), user_agent, changes, details, "
-        f"lower(hex({leafhash.commitment_sql()})), pii_salt = {_ZERO_SALT} "
+        f"[{commitments}], pii_salt = {_ZERO_SALT}, toUnixTimestamp64Micro(received_at) "
         f"FROM {schema.EVENTS_TABLE} WHERE org_id = {{org:String}} AND user_email = {{email:String}}",
         parameters={"org": org, "email": email}).result_rows
     if not rows:
@@ -103,7 +126,10 @@ def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, no
         return Erasure(erasure_id, org, subject, len(live), dry_run=True)
     needles = sorted({email, *(r[1] for r in live), *(r[2] for r in live)} - {""}, key=len, reverse=True)
     ids = [r[0] for r in live]
-    pairs = [(r[0], r[6]) for r in live]
+    # The commitment the event's leaf holds: that of its seal's leaf version,
+    # or of the version the sealer will use if its window is not sealed yet.
+    version_at = _seal_versions(client, org)
+    pairs = [(r[0], r[6][leafhash.LEAF_VERSIONS.index(version_at(r[8]))]) for r in live]
     erased_at = to_dt(now_us)
 
     client.insert(schema.ERASURES_TABLE, [[erasure_id, org, eid, com, erased_at] for eid, com in pairs],

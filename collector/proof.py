@@ -94,7 +94,7 @@ def _check(proof, keyring: Keyring) -> str:
     if personal["erased"]:
         commitment = bytes.fromhex(personal["commitment"])
     else:
-        commitment = leafhash.commitment(bytes.fromhex(personal["salt"]), personal)
+        commitment = leafhash.commitment(bytes.fromhex(personal["salt"]), personal, version)
     leaf = leafhash.leaf(event, commitment, version)
     seal = Seal.from_line(proof["seal"])
     if seal.leaf_version != version:

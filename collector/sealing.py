@@ -132,13 +132,13 @@ def leaf_rows_sql(where: str, erasures: str | None = "", version: int = leafhash
     zero salt then gets the leaf of an empty commitment, which matches no seal)."""
     zero_salt = "pii_salt = toFixedString(repeat('\\0', 16), 16)"
     if erasures is None:
-        no_erasure = leafhash.effective_commitment_sql("''")
+        no_erasure = leafhash.effective_commitment_sql("''", version)
         return (f"SELECT org_id, received_at, event_id, "
                 f"{leafhash.leaf_sql(no_erasure, version)} AS leaf, "
                 f"{zero_salt} AS erased FROM {schema.EVENTS_TABLE} WHERE {where}")
     return (
         f"SELECT org_id, received_at, event_id, "
-        f"{leafhash.leaf_sql(leafhash.effective_commitment_sql(), version)} AS leaf, "
+        f"{leafhash.leaf_sql(leafhash.effective_commitment_sql(version=version), version)} AS leaf, "
         f"{zero_salt} AS erased "
         f"FROM {schema.EVENTS_TABLE} LEFT ANY JOIN ("
         f"SELECT event_id, unhex(any(commitment)) AS erased_commitment FROM {schema.ERASURES_TABLE} "

@@ -327,26 +327,45 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
     hi = until_us if until_us is not None else max(now_us, through or 0)
 
     # Recompute (count, erased count, root) per window, in slices of received_at.
-    # Each window with the leaf version of its seal: an org's windows up to the
-    # end of its newest version-1 seal with version 1, the rest with the current
-    # one. A window computed with another version than its seal's is redone.
+    # Each window with the leaf version of its seal. An org's chain upgrades its
+    # leaf version at most forwards: its windows up to the end of its newest seal
+    # of version <= v (v older than the current one) and after that bound of
+    # v - 1 are computed with version v, the rest with the current one. A window
+    # computed with another version than its seal's is redone on its own.
     stats: dict[tuple[str, int], tuple[int, int, str]] = {}
     used: dict[tuple[str, int], int] = {}
     events_checked = 0
     org_list = sorted(widths)
     width_sql = ("transform(org_id, {w_orgs:Array(String)}, {w_widths:Array(Int64)}, "
                  "toInt64({w_def:Int64}))")
-    legacy_end: dict[str, int] = {}
+    older = [v for v in leafhash.LEAF_VERSIONS if v != leafhash.LEAF_VERSION]
+    bounds: dict[int, dict[str, int]] = {v: {} for v in older}  # version -> org -> end
     for (o, _), seals in db.items():
-        if seals[0].leaf_version == 1:
-            legacy_end[o] = max(legacy_end.get(o, 0), seals[0].window_end_us)
-    legacy_sql = ("fromUnixTimestamp64Micro(transform(org_id, {l_orgs:Array(String)}, "
-                  "{l_ends:Array(Int64)}, toInt64(0)), 'UTC')")
+        for v in older:
+            if seals[0].leaf_version <= v:
+                bounds[v][o] = max(bounds[v].get(o, 0), seals[0].window_end_us)
+    bounds = {v: b for v, b in bounds.items() if b}
+
+    def bound_sql(v: int) -> str:
+        return (f"fromUnixTimestamp64Micro(transform(org_id, {{b{v}_orgs:Array(String)}}, "
+                f"{{b{v}_ends:Array(Int64)}}, toInt64(0)), 'UTC')")
+
+    def passes_for(s0: int) -> list[tuple[int, str]]:
+        """(version, extra condition) of each pass over the slice from ``s0``."""
+        out, prev = [], None
+        for v in sorted(bounds):
+            if any(end > s0 for end in bounds[v].values()):
+                low = f" AND received_at >= {bound_sql(prev)}" if prev else ""
+                out.append((v, f"{low} AND received_at < {bound_sql(v)}"))
+            prev = v
+        return out + [(leafhash.LEAF_VERSION, f" AND received_at >= {bound_sql(prev)}" if prev else "")]
+
     # Erasure rows are joined only when a signed erasure may stand in for a commitment.
     erasures = "AND erasure_id IN {erasure_ids:Array(String)}" if erasure_ids else None
     base = {"w_orgs": org_list, "w_widths": [widths[o] for o in org_list], "w_def": default_window_us,
-            "erasure_ids": erasure_ids, "l_orgs": sorted(legacy_end),
-            "l_ends": [legacy_end[o] for o in sorted(legacy_end)], **params}
+            "erasure_ids": erasure_ids, **params}
+    for v, b in bounds.items():
+        base[f"b{v}_orgs"], base[f"b{v}_ends"] = sorted(b), [b[o] for o in sorted(b)]
     step = SLICE_WINDOWS * max_w
     scan_lo, scan_hi = lo // step * step, -(-hi // max_w) * max_w
     slices = list(range(scan_lo, scan_hi, step))
@@ -358,12 +377,7 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
         try:
             for i, s0 in enumerate(slices):
                 where = f"{org_cond} AND received_at >= {_us('s0')} AND received_at < {_us('s1')}"
-                if any(end > s0 for end in legacy_end.values()):
-                    passes = [(1, f" AND received_at < {legacy_sql}"),
-                              (leafhash.LEAF_VERSION, f" AND received_at >= {legacy_sql}")]
-                else:
-                    passes = [(leafhash.LEAF_VERSION, "")]
-                for version, cond in passes:
+                for version, cond in passes_for(s0):
                     rows = client.query(
                         window_stats_sql(where + cond, width_sql, erasures, version),
                         parameters={**base, "s0": s0, "s1": min(s0 + step, scan_hi)}).result_rows

@@ -470,7 +470,7 @@ def test_python_and_clickhouse_agree_on_the_leaf_of_every_version(store, version
 
 def test_sealing_writes_the_current_leaf_version(sealed):
     versions = sealed.client.query("SELECT DISTINCT leaf_version FROM audit.audit_seals").result_rows
-    assert versions == [(leafhash.LEAF_VERSION,)] and leafhash.LEAF_VERSION == 2
+    assert versions == [(leafhash.LEAF_VERSION,)] and leafhash.LEAF_VERSION == 3
 
 
 @pytest.fixture
@@ -505,7 +505,7 @@ def test_tampering_under_leaf_version_1_is_caught_and_named(sealed_v1):
 
 def test_an_upgraded_sealer_chains_version_2_onto_version_1(sealed_v1, tmp_path):
     insert(sealed_v1.client, [event(received_us=NOW + 1 * MIN), event(received_us=NOW + 2 * MIN)])
-    run = sealed_v1.seal(NOW + 2 * HOUR)
+    run = sealed_v1.seal(NOW + 2 * HOUR, leaf_version=2)
     assert {s.leaf_version for s in run.seals} == {2}
     result = sealed_v1.verify(NOW + 2 * HOUR)
     assert result.ok, result.to_json()
@@ -523,6 +523,45 @@ def test_an_upgraded_sealer_chains_version_2_onto_version_1(sealed_v1, tmp_path)
     assert "is included" in proof.check(p, public)
     with pytest.raises(proof.ProofError, match="leaf version"):
         proof.check({**p, "leaf_version": 2}, public)
+
+
+def test_a_chain_of_leaf_versions_1_2_and_3_verifies_erases_and_proves(sealed_v1, tmp_path):
+    """Windows 0-2 sealed with version 1, 3-4 with version 2, 5-7 with the
+    current version 3 (binary commitment): one verify pass per version, an
+    erasure across all three, tampering caught in each, proofs of each."""
+    s = sealed_v1
+    (v2_id,) = insert(s.client, [event(received_us=NOW + 1 * MIN, user="ana@example.com")])
+    assert {x.leaf_version for x in s.seal(NOW + 2 * HOUR, leaf_version=2).seals} == {2}
+    v3_ids = insert(s.client, [event(received_us=NOW + 3 * HOUR, user="ana@example.com",
+                                     details={"z": "1", "a": "2", "é": ""}),
+                               event(received_us=NOW + 3 * HOUR + MIN, user="bo@example.com",
+                                     ip="2001:db8::9", details={"b": "x", "a": "y"})])
+    assert {x.leaf_version for x in s.seal(NOW + 5 * HOUR).seals} == {3} == {leafhash.LEAF_VERSION}
+    result = s.verify(NOW + 5 * HOUR)
+    assert result.ok, result.to_json()
+    assert result.events_checked == 7
+
+    public = keys.load_public(_export(s, tmp_path))
+    for eid, version in ((s.ids[1], 1), (v2_id, 2), (v3_ids[1], 3)):
+        p = proof.build(s.client, eid)
+        assert p["leaf_version"] == version
+        assert "is included" in proof.check(p, public)
+
+    # ana has events in windows of every version: each gets its version's commitment.
+    erasure.erase(s.client, s.keyring, s.digest_dir, "org-a", "ana@example.com",
+                  now_us=NOW + 5 * HOUR, actor="dpo@example.com")
+    result = s.verify(NOW + 5 * HOUR)
+    assert result.ok, result.to_json()
+    assert only(result) == {0: "erased", 2: "erased", 3: "erased", 6: "erased"}
+    p = proof.build(s.client, v3_ids[0])
+    assert p["personal"]["erased"] and "is included" in proof.check(p, public)
+
+    s.mutate("ALTER TABLE audit.audit_events UPDATE status = 'failure' "
+             "WHERE event_id IN {ids:Array(UUID)}", ids=[s.ids[1], v2_id, v3_ids[1]])
+    result = s.verify(NOW + 5 * HOUR)
+    assert only(result) == {0: "modified", 2: "erased", 3: "modified", 6: "modified"}
+    assert [w.events for w in result.windows if w.status == "modified"] == [
+        {"modified": [s.ids[1]]}, {"modified": [v2_id]}, {"modified": [v3_ids[1]]}]
 
 
 def test_an_erasure_under_leaf_version_1_still_verifies(sealed_v1):

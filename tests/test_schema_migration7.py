@@ -78,7 +78,7 @@ def _rows(client) -> list[tuple]:
 def _sql_leaves(client) -> dict[tuple[str, int], bytes]:
     out = {}
     for version in leafhash.LEAF_VERSIONS:
-        leaf = leafhash.leaf_sql(leafhash.commitment_sql(), version)
+        leaf = leafhash.leaf_sql(leafhash.commitment_sql(version=version), version)
         for eid, value in client.query(f"SELECT toString(event_id), {leaf} FROM {schema.EVENTS_TABLE}"
                                        ).result_rows:
             out[eid, version] = value if isinstance(value, bytes) else value.encode("latin-1")
@@ -93,10 +93,10 @@ def _python_leaves(client) -> dict[tuple[str, int], bytes]:
     out = {}
     for row in client.query(f"SELECT {public}, {personal}, details AS p_details, hex(pii_salt) AS salt "
                             f"FROM {schema.EVENTS_TABLE}").named_results():
-        com = leafhash.commitment(bytes.fromhex(row["salt"]),
-                                  {name: row["p_" + name] for name in leafhash.PERSONAL_COLUMNS})
+        personal = {name: row["p_" + name] for name in leafhash.PERSONAL_COLUMNS}
         pub = {name: row["f_" + name] for name, _ in leafhash.PUBLIC_FIELDS}
         for version in leafhash.LEAF_VERSIONS:
+            com = leafhash.commitment(bytes.fromhex(row["salt"]), personal, version)
             out[pub["event_id"], version] = leafhash.leaf(pub, com, version)
     return out
 
