@@ -419,6 +419,10 @@ def test_a_proof_verifies_offline_and_fails_for_a_tampered_leaf(sealed, tmp_path
     for junk in (None, [], {"format": "x"}, {**p, "path": [{"up": "00"}]}, {**p, "leaf_version": 9}):
         with pytest.raises(proof.ProofError):
             proof.check(junk, public)
+    # the binary commitment (leaf version 3) takes the IP's 16 bytes and a details map
+    for field, value in (("ip", "zz"), ("ip", "00" * 4), ("details", "plan=free"), ("details", None)):
+        with pytest.raises(proof.ProofError, match="malformed proof"):
+            proof.check({**p, "personal": {**p["personal"], field: value}}, public)
 
 
 def test_a_proof_of_an_erased_event_still_verifies(sealed, tmp_path):
