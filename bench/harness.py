@@ -42,10 +42,12 @@ SIZES: dict[str, dict] = {
     "tiny": {"events": 20_000, "ingest_events": 2_000, "repeat": 3, "cold": 1, "shipper_events": 300,
              "shipper_threads": (1, 4), "serve_seconds": 3.0, "serve_rate": 1_000},
     "1M": {"events": 1_000_000, "ingest_events": 200_000, "repeat": 30, "cold": 5,
-           "shipper_events": 20_000, "shipper_threads": (1, 4, 8), "serve_seconds": 30.0,
+           "shipper_events": 20_000, "shipper_threads": (1, 4, 8), "shipper_rounds": 3,
+           "serve_seconds": 30.0,
            "serve_rate": 10_000},
     "10M": {"events": 10_000_000, "ingest_events": 500_000, "repeat": 30, "cold": 5,
-            "shipper_events": 30_000, "shipper_threads": (1, 4, 8), "serve_seconds": 60.0,
+            "shipper_events": 30_000, "shipper_threads": (1, 4, 8), "shipper_rounds": 3,
+            "serve_seconds": 60.0,
             "serve_rate": 10_000},
 }
 

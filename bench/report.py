@@ -100,7 +100,9 @@ def _p3(r: dict) -> list[str]:
 def _p5(r: dict) -> list[str]:
     rows = [[x["mode"], x["threads"], x["emits_per_s"], x["p50_us"], x["p99_us"], x["delivered"],
              f"{x['vs_stock']}×"] for x in r["results"]]
-    return [f"{r['events']:,} events per mode and thread count."] + [""] + _table(
+    rounds = r.get("rounds", 1)
+    how = f", median of {rounds} interleaved rounds" if rounds > 1 else ""
+    return [f"{r['events']:,} events per mode and thread count{how}."] + [""] + _table(
         ["mode", "threads", "emits/s", "p50 µs", "p99 µs", "delivered", "vs stock"], rows) + _targets(
         r["targets"])
 

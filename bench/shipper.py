@@ -11,12 +11,18 @@ one process, of
 All three send to the same local OTLP/HTTP sink (a subprocess that answers
 200 and counts the records it received), so delivery is checked too. The
 events are the first ones of the shared workload (``bench.workload``).
+
+Each (mode, threads) runs ``shipper_rounds`` times, the modes interleaved
+within a round, and the figures are the median of the rounds (emits/s,
+p50, p99 and delivered each on its own), so that one scheduling accident
+on this shared 2-core machine does not decide a ratio.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,7 +126,7 @@ def drive(emit, target, events, threads: int) -> tuple[float, list[float]]:
     return time.perf_counter() - start, [x for lat in latencies for x in lat]
 
 
-def measure(mode: str, sink: Sink, events, threads: int, tmp: str) -> dict:
+def measure(mode: str, sink: Sink, events, threads: int, tmp: str, round_: int = 0) -> dict:
     before = sink.count()
     if mode == "stock":
         provider = LoggerProvider(resource=Resource.create({"service.name": "bench"}))
@@ -128,7 +134,7 @@ def measure(mode: str, sink: Sink, events, threads: int, tmp: str) -> dict:
         target, emit = provider.get_logger(c.SCOPE_NAME), emit_stock
     else:
         target = AuditLogger(service_name="bench", endpoint=sink.url, mode=mode,
-                             spool_dir=os.path.join(tmp, f"{mode}-{threads}"))
+                             spool_dir=os.path.join(tmp, f"{mode}-{threads}-{round_}"))
         emit = emit_ours
     wall, lat = drive(emit, target, events, threads)
     if mode == "stock":
@@ -144,26 +150,43 @@ def measure(mode: str, sink: Sink, events, threads: int, tmp: str) -> dict:
             "delivered": sink.count() - before}
 
 
+MODES = ("stock", "durable", "crash-safe", "fast")
+
+
+def _median(rs: list[dict]) -> dict:
+    """The median of each figure over the rounds of one (mode, threads)."""
+    out = dict(rs[0])
+    for key in ("emits_per_s", "p50_us", "p99_us", "delivered"):
+        out[key] = statistics.median(r[key] for r in rs)
+    out["emits_per_s_rounds"] = [r["emits_per_s"] for r in rs]
+    return out
+
+
 def run(run) -> dict:
     events = emits(run.params["shipper_events"], run.seed, run.end_us)
     sink, tmp = Sink(), tempfile.mkdtemp(prefix="upmetr-bench-shipper-")
-    results = []
+    rounds = run.params.get("shipper_rounds", 1)
+    runs: dict[tuple[str, int], list[dict]] = {}
     try:
         for threads in run.params["shipper_threads"]:
-            for mode in ("stock", "durable", "crash-safe", "fast"):
-                results.append(measure(mode, sink, events, threads, tmp))
+            for k in range(rounds):
+                for mode in MODES:
+                    runs.setdefault((mode, threads), []).append(
+                        measure(mode, sink, events, threads, tmp, k))
     finally:
         sink.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    lost = [r for (mode, _), rs in runs.items() if mode != "stock" for r in rs
+            if r["delivered"] != r["events"]]
+    if lost:
+        raise RuntimeError(f"our shipper lost events: {lost}")
+    results = [_median(rs) for rs in runs.values()]
     for r in results:
         stock = next(x for x in results if x["mode"] == "stock" and x["threads"] == r["threads"])
         r["vs_stock"] = round(r["emits_per_s"] / stock["emits_per_s"], 2)
-    lost = [r for r in results if r["mode"] != "stock" and r["delivered"] != r["events"]]
-    if lost:
-        raise RuntimeError(f"our shipper lost events: {lost}")
     targets = {}
     for mode in ("durable", "crash-safe"):
         mine = [r for r in results if r["mode"] == mode]
         targets[f"{mode}_0.5x_stock"] = min(r["vs_stock"] for r in mine) >= 0.5
         targets[f"{mode}_p99_le_1ms"] = max(r["p99_us"] for r in mine) <= 1000
-    return {"events": len(events), "results": results, "targets": targets}
+    return {"events": len(events), "rounds": rounds, "results": results, "targets": targets}
