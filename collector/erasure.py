@@ -106,8 +106,8 @@ def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, no
           actor: str, dry_run: bool = False) -> Erasure:
     if not org or not email:
         raise ErasureError("both --org and --user-email are needed")
-    commitments = ", ".join(f"lower(hex({leafhash.commitment_sql(version=v)}))"
-                            for v in leafhash.LEAF_VERSIONS)  # one per leaf version
+    # [the text commitment (leaf versions 1 and 2), the binary one (version 3)]
+    commitments = ", ".join(f"lower(hex({leafhash.commitment_sql(version=v)}))" for v in (1, 3))
     rows = client.query(
         f"SELECT toString(event_id), user_id, if(ip = toIPv6('::'), '', "
         f"replaceRegexpOne(IPv6NumToString(ip), '^::ffff:', '')), user_agent, changes, details, "
@@ -129,7 +129,7 @@ def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, no
     # The commitment the event's leaf holds: that of its seal's leaf version,
     # or of the version the sealer will use if its window is not sealed yet.
     version_at = _seal_versions(client, org)
-    pairs = [(r[0], r[6][leafhash.LEAF_VERSIONS.index(version_at(r[8]))]) for r in live]
+    pairs = [(r[0], r[6][version_at(r[8]) in leafhash.BINARY_COMMITMENT]) for r in live]
     erased_at = to_dt(now_us)
 
     client.insert(schema.ERASURES_TABLE, [[erasure_id, org, eid, com, erased_at] for eid, com in pairs],

@@ -220,8 +220,9 @@ def commitment(salt: bytes, personal: dict[str, object], version: int = LEAF_VER
                 raise ValueError("the ip must be 16 bytes (32 hex digits)")
             data.append(ip)
         elif name == "details":
-            items = sorted((str(k).encode(), str(v).encode()) for k, v in dict(value).items())
-            data += [len(b).to_bytes(4, "little") + b for kv in items for b in kv]
+            items = sorted(((str(k), str(v)) for k, v in dict(value).items()),
+                           key=lambda kv: (kv[0].encode(), kv[1].encode()))
+            data += [lp(k) + lp(v) for k, v in items]
         else:
             data.append(lp(str(value)))
     return hashlib.sha256(b"".join(data)).digest()
