@@ -64,3 +64,20 @@ def test_upper_and_lower_case_spellings_of_one_id_are_one_event(collector, store
         assert post(collector.logs_url, otlp_request([{"attrs": attrs, "time_unix_nano": TS}])
                     .SerializeToString())[0] == 200
     assert invariant(store) == (1, 1)
+
+
+def test_ids_at_the_edges_of_the_128_bit_range_are_found_again(collector, store):
+    # The lookup sends each id as its 128-bit number: leading and trailing zero
+    # bytes, and the largest value, must come back as the same UUID.
+    edges = ["00000000-0000-0000-0000-000000000000", "00000000-0000-0000-0000-000000000001",
+             "01000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff",
+             "0000ffff-0000-ffff-0000-ffff0000ff00"]
+    body = otlp_request([{"attrs": audit_attrs(**{"log.record.uid": e}), "time_unix_nano": TS}
+                         for e in edges]).SerializeToString()
+    for _ in range(2):
+        assert post(collector.logs_url, body)[0] == 200
+    assert invariant(store) == (5, 5)
+    assert collector.summary()["duplicates"] == 5
+    stored = {r[0] for r in store.client.query(
+        "SELECT toString(event_id) FROM audit.audit_events").result_rows}
+    assert stored == set(edges)
