@@ -24,6 +24,9 @@ figure to compare.
 from __future__ import annotations
 
 import http.client
+import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -148,6 +151,16 @@ def measure_rotel(warmup, bodies, connections: int) -> dict:
     return r
 
 
+def costs(events: int, seed: int, end_us: int, batch: int) -> dict:
+    """The per-step breakdown (``bench.ingest_costs``), in a process of its own."""
+    args = [sys.executable, "-m", "bench.ingest_costs", "--events", str(events), "--batch", str(batch),
+            "--seed", str(seed), "--end-us", str(end_us)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+    if out.returncode:
+        raise RuntimeError(f"bench.ingest_costs failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
 def run(run) -> dict:
     events = run.params["ingest_events"]
     out = {"events_per_config": events, "configs": []}
@@ -166,6 +179,7 @@ def run(run) -> dict:
                 cfg["cpu_ratio_vs_rotel"] = round(ours["events_per_cpu_s"] / rot["events_per_cpu_s"], 3)
         except baselines.Unavailable as exc:
             cfg["rotel"], cfg["rotel_skipped"] = None, str(exc)
+        cfg["costs"] = costs(events, run.seed, run.end_us, batch)
         out["configs"].append(cfg)
     best = max(cfg["collector"]["events_per_cpu_s"] for cfg in out["configs"])
     ratios = [cfg["cpu_ratio_vs_rotel"] for cfg in out["configs"] if "cpu_ratio_vs_rotel" in cfg]

@@ -45,7 +45,28 @@ def _p1(r: dict) -> list[str]:
             "protobuf, the same request bodies to both.", ""] + _table(
         ["batch × connections", "ours: events/CPU-s", "rotel: events/CPU-s", "ours ÷ rotel (CPU)",
          "ours: events/s wall", "rotel: events/s wall", "our RSS / peak", "committed"], rows) + _targets(
-        r["targets"])
+        r["targets"]) + _p1_costs(r)
+
+
+def _p1_costs(r: dict) -> list[str]:
+    rows = []
+    for cfg in r["configs"]:
+        c = cfg.get("costs")
+        if not c:
+            continue
+        s, probe = c["steps_us"], c["clickhouse_decodes_us"]
+        inserts = f"{c['requests']} INSERT" + ("s" if c["requests"] != 1 else "")
+        rows.append([f"{cfg['batch']} ({inserts})", s["decode"], s["to_batch"], s["dedup"],
+                     s["insert"], c["insert_without_views_us"], s["merges"], c["total_us"],
+                     c["events_per_cpu_s"], probe["total"], c["clickhouse_decodes_events_per_cpu_s"]])
+    if not rows:
+        return []
+    return ["Where the CPU goes (`bench/ingest_costs.py`: one process, the same bodies, one INSERT "
+            "per request; µs of CPU per event, chDB's threads included). \"ClickHouse decodes\" is "
+            "the floor of a redesign, not a route: ClickHouse reads the request bytes itself; no "
+            "de-dup, partial success or fallback.", ""] + _table(
+        ["batch", "decode", "to_batch", "de-dup", "INSERT", "(INSERT, no views)", "merges after",
+         "total", "events/CPU-s", "ClickHouse decodes: total", "its events/CPU-s"], rows)
 
 
 def _p2(r: dict) -> list[str]:

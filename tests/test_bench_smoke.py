@@ -80,6 +80,10 @@ def test_p1_ingest_commits_every_event_and_rotel_took_the_same(tiny_run):
     for cfg in result["configs"]:
         assert cfg["collector"]["committed"] == cfg["events"] > 0
         assert cfg["rotel"]["events"] == cfg["events"] and cfg["rotel"]["failures"] == 0
+        # the cost breakdown ran over the same events (its probe checks it stored them all)
+        costs = cfg["costs"]
+        assert costs["events"] == cfg["events"]
+        assert costs["total_us"] == pytest.approx(sum(costs["steps_us"].values()), abs=0.1)
 
 
 def test_p2_results_are_equal_across_the_three_systems(tiny_run):
