@@ -41,6 +41,8 @@ class CollectorSettings:
     max_body_bytes: int = 16 * 1024 * 1024
     queue_size_records: int = 200_000
     max_batch_records: int = 50_000
+    #: Longest the writer waits for more requests to commit in one INSERT (pipeline.py).
+    group_wait_s: float = 0.02
     export_timeout_s: float = 30.0
 
     def __post_init__(self):
@@ -66,7 +68,8 @@ class Collector:
         self.exporter = exporter_factory(store.client, self.metrics)
         self.pipeline = Pipeline(self.exporter, self.metrics,
                                  queue_size_records=settings.queue_size_records,
-                                 max_batch_records=settings.max_batch_records)
+                                 max_batch_records=settings.max_batch_records,
+                                 group_wait_s=settings.group_wait_s)
         self._tokens = [t.encode() for t in settings.ingest_tokens]
         self.http: HttpReceiver | None = None
         self.grpc: GrpcReceiver | None = None

@@ -4,12 +4,25 @@ one writer thread that commits everything waiting in one INSERT (group commit).
 A receiver submits a batch and waits for it: an acknowledgement means the
 rows are committed. When the queue is full, or the exporter fails, the
 receiver tells its client to retry; the queue never accepts and then drops.
+
+Every INSERT costs ClickHouse ~25 ms on top of its rows (the views' queries
+are planned for each block, a part is written; docs/benchmarks.md, P1), so
+the writer makes few, large ones. Clients wait for their answer, so a group
+can only hold the requests that arrive while the previous one commits; with
+a few clients they alternate and the groups stay small. So before it
+commits, the writer may wait up to ``group_wait_s`` for more requests, and it
+does so only while waiting pays: when it found more than one request
+queued, or when its last wait brought one in. A lone client therefore waits
+once, then never (Kafka's ``linger.ms`` and the OTel Collector's batch
+timeout wait always; PostgreSQL's ``commit_delay`` waits only when other
+transactions are active).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 
 from .metrics import Metrics
@@ -37,15 +50,21 @@ class _Pending:
 
 class Pipeline:
     def __init__(self, exporter, metrics: Metrics, *, queue_size_records: int = 200_000,
-                 max_batch_records: int = 50_000):
+                 max_batch_records: int = 50_000, group_wait_s: float = 0.02):
         if queue_size_records < 1 or max_batch_records < 1:
             raise ValueError("queue_size_records and max_batch_records must be positive")
+        if group_wait_s < 0:
+            raise ValueError("group_wait_s must not be negative")
         self.exporter = exporter
         self.metrics = metrics
         self.queue_size_records = queue_size_records
         self.max_batch_records = max_batch_records
+        self.group_wait_s = group_wait_s
         self._queue: deque[_Pending] = deque()
         self._queued_records = 0
+        self._waiting_pays = False  # did the last wait for more requests bring one in?
+        #: True while the writer waits for more requests before it commits.
+        self.waiting_for_more = False
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="upmetr-audit-writer", daemon=True)
@@ -76,9 +95,11 @@ class Pipeline:
     def export(self, batch: Batch, timeout_s: float = 30.0) -> None:
         """Submit ``batch`` and wait until it is committed. Raises
         :class:`QueueFull` or :class:`ExportFailed`."""
-        if not batch.rows:
-            return
-        pending = self.submit(batch)
+        if batch.rows:
+            self.wait(self.submit(batch), timeout_s)
+
+    def wait(self, pending: _Pending, timeout_s: float = 30.0) -> None:
+        """Wait until a submitted batch is committed. Raises :class:`ExportFailed`."""
         if not pending.done.wait(timeout_s):
             # Still queued or being written: the client will retry, and the
             # retry is de-duplicated if this write commits after all.
@@ -92,6 +113,8 @@ class Pipeline:
                 if self._closed:
                     return None
                 self._cond.wait()
+            if self.group_wait_s and (self._waiting_pays or len(self._queue) > 1):
+                self._wait_for_more()
             group, n = [], 0
             while self._queue and (not group or n + len(self._queue[0].batch.rows)
                                    <= self.max_batch_records):
@@ -99,6 +122,20 @@ class Pipeline:
                 group.append(p)
                 n += len(p.batch.rows)
             return group
+
+    def _wait_for_more(self) -> None:
+        """(Holding the lock.) Let more requests join, until ``group_wait_s``
+        has passed or the group is full."""
+        found = len(self._queue)
+        deadline = time.monotonic() + self.group_wait_s
+        self.waiting_for_more = True
+        while not self._closed and self._queued_records < self.max_batch_records:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+        self.waiting_for_more = False
+        self._waiting_pays = len(self._queue) > found
 
     def _run(self) -> None:
         while (group := self._take()) is not None:
