@@ -4,7 +4,10 @@
 prints one JSON object. P1 runs it in a subprocess (a process opens one chDB
 store) on the same request bodies it sends to the collector. CPU time is
 ``time.process_time`` of the whole process, so chDB's own threads count.
-Each request is one INSERT, as the writer commits when one client sends.
+Each figure is given for one request per INSERT (the writer when one client
+sends) and for :data:`GROUP` requests per INSERT (the writer's group commit
+with P1's four connections), the latter on a second set of bodies of the
+same shape with other event ids, so that its de-dup finds nothing either.
 
 Steps of the collector, on the P1 bodies, in order:
 
@@ -141,80 +144,114 @@ def _settle(client) -> None:
         time.sleep(0.02)
 
 
-def measure(bodies: list[tuple[int, bytes]], tmp: str) -> dict:
+#: Requests per INSERT in the grouped figures: P1's connections, each of which
+#: has one request waiting while a commit runs (the writer's group wait).
+GROUP = 4
+
+
+def _ours(client, bodies, group: int, steps: dict) -> list:
+    """Our path over ``bodies``, ``group`` requests per INSERT; adds CPU seconds to ``steps``."""
+    exporter = ClickHouseExporter(client, Metrics())
+    cpu = time.process_time
+    lookup = exporter._stored_ids
+
+    def timed_lookup(*args):
+        t0 = cpu()
+        try:
+            return lookup(*args)
+        finally:
+            steps["dedup"] += cpu() - t0
+
+    exporter._stored_ids = timed_lookup
+    batches = []
+    for i in range(0, len(bodies), group):
+        converted = []
+        for _, body in bodies[i:i + group]:
+            t0 = cpu()
+            request = otlp.decode_request(body, otlp.PROTOBUF)
+            t1 = cpu()
+            converted.append(to_batch(request))
+            steps["decode"] += t1 - t0
+            steps["to_batch"] += cpu() - t1
+        t0 = cpu()
+        exporter.export(converted)
+        steps["insert"] += cpu() - t0
+        batches.extend(converted)
+    t0 = cpu()
+    _settle(client)
+    steps["merges"] += cpu() - t0
+    steps["insert"] -= steps["dedup"]
+    return batches
+
+
+def _clickhouse_decodes(client, folder: str, n: int, group: int) -> tuple[float, float]:
+    """(INSERT, merges after) CPU seconds of the probe over the ``n`` request
+    files in ``folder``, ``group`` files per INSERT (a glob: ``request-{0,1}.pb``)."""
+    cpu = time.process_time
+    t0 = cpu()
+    for i in range(0, n, group):
+        names = ",".join(str(k) for k in range(i, min(i + group, n)))
+        client.command(clickhouse_decodes_sql(os.path.join(folder, f"request-{{{names}}}.pb")))
+    t1 = cpu()
+    _settle(client)
+    return t1 - t0, cpu() - t1
+
+
+def measure(bodies: list[tuple[int, bytes]], other: list[tuple[int, bytes]], tmp: str) -> dict:
+    """``bodies`` one request per INSERT, then ``other`` (the same shape, other
+    event ids) :data:`GROUP` requests per INSERT."""
     events = sum(n for n, _ in bodies)
+    if sum(n for n, _ in other) != events:
+        raise ValueError("the two body sets must hold as many events")
     store = store_mod.open_store(store_mod.default_url(os.path.join(tmp, "data")))
     try:
         client = store.client
         store_mod.migrate(client)
-        exporter = ClickHouseExporter(client, Metrics())
-        cpu = time.process_time
         steps = dict.fromkeys(("decode", "to_batch", "dedup", "insert", "merges"), 0.0)
-        lookup = exporter._stored_ids
-
-        def timed_lookup(*args):
-            t0 = cpu()
-            try:
-                return lookup(*args)
-            finally:
-                steps["dedup"] += cpu() - t0
-
-        exporter._stored_ids = timed_lookup
-        batches = []
-        for _, body in bodies:
-            t0 = cpu()
-            request = otlp.decode_request(body, otlp.PROTOBUF)
-            t1 = cpu()
-            batch = to_batch(request)
-            t2 = cpu()
-            exporter.export([batch])
-            t3 = cpu()
-            steps["decode"] += t1 - t0
-            steps["to_batch"] += t2 - t1
-            steps["insert"] += t3 - t2
-            batches.append(batch)
-        t0 = cpu()
-        _settle(client)
-        steps["merges"] = cpu() - t0
-        steps["insert"] -= steps["dedup"]
+        batches = _ours(client, bodies, 1, steps)
+        grouped = dict.fromkeys(steps, 0.0)
+        _ours(client, other, GROUP, grouped)
 
         client.command(f"CREATE TABLE {schema.DATABASE}.probe_no_views AS {schema.INGEST_TABLE} "
                        "ENGINE = Null")
-        types = exporter._ingest_column_types()
-        t0 = cpu()
+        types = ClickHouseExporter(client, Metrics())._ingest_column_types()
+        t0 = time.process_time()
         for batch in batches:
             client.insert(f"{schema.DATABASE}.probe_no_views", list(zip(*batch.rows, strict=True)),
                           column_names=schema.INGEST_COLUMNS, column_type_names=types,
                           column_oriented=True)
-        no_views = cpu() - t0
+        no_views = time.process_time() - t0
 
-        paths = []
         for i, (_, body) in enumerate(bodies):
-            paths.append(os.path.join(tmp, f"request-{i}.pb"))
-            with open(paths[-1], "wb") as f:
+            with open(os.path.join(tmp, f"request-{i}.pb"), "wb") as f:
                 f.write(body)
         before = client.query(f"SELECT count() FROM {schema.EVENTS_TABLE}").result_rows[0][0]
-        t0 = cpu()
-        for path in paths:
-            client.command(clickhouse_decodes_sql(path))
-        t1 = cpu()
-        _settle(client)
-        t2 = cpu()
+        probe = _clickhouse_decodes(client, tmp, len(bodies), 1)
+        probe_grouped = _clickhouse_decodes(client, tmp, len(bodies), GROUP)
         stored = client.query(f"SELECT count() FROM {schema.EVENTS_TABLE}").result_rows[0][0] - before
-        if stored != events:
-            raise RuntimeError(f"the ClickHouse-decodes probe stored {stored} of {events} events")
+        if stored != 2 * events:
+            raise RuntimeError(f"the ClickHouse-decodes probe stored {stored} of {2 * events} events")
     finally:
         store.close()
 
     def us(seconds: float) -> float:
         return round(seconds / events * 1e6, 2)
 
-    total = sum(steps.values())
-    probe = {"insert": us(t1 - t0), "merges": us(t2 - t1), "total": us(t2 - t0)}
-    return {"events": events, "requests": len(bodies), "steps_us": {k: us(v) for k, v in steps.items()},
-            "total_us": us(total), "events_per_cpu_s": round(events / total),
+    def per_cpu_s(seconds: float) -> int:
+        return round(events / seconds)
+
+    total, grouped_total = sum(steps.values()), sum(grouped.values())
+    return {"events": events, "requests": len(bodies), "group": GROUP,
+            "steps_us": {k: us(v) for k, v in steps.items()},
+            "total_us": us(total), "events_per_cpu_s": per_cpu_s(total),
+            "grouped_steps_us": {k: us(v) for k, v in grouped.items()},
+            "grouped_total_us": us(grouped_total), "grouped_events_per_cpu_s": per_cpu_s(grouped_total),
             "insert_without_views_us": us(no_views),
-            "clickhouse_decodes_us": probe, "clickhouse_decodes_events_per_cpu_s": round(events / (t2 - t0))}
+            "clickhouse_decodes_us": {"insert": us(probe[0]), "merges": us(probe[1]),
+                                      "total": us(sum(probe))},
+            "clickhouse_decodes_events_per_cpu_s": per_cpu_s(sum(probe)),
+            "clickhouse_decodes_grouped_us": us(sum(probe_grouped)),
+            "clickhouse_decodes_grouped_events_per_cpu_s": per_cpu_s(sum(probe_grouped))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,9 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--end-us", type=int, required=True)
     a = p.parse_args(argv)
     bodies = ingest.build_bodies(a.events, a.seed, a.end_us, a.batch)
+    other = ingest.build_bodies(a.events, a.seed + 1, a.end_us, a.batch)
     tmp = tempfile.mkdtemp(prefix="upmetr-bench-costs-")
     try:
-        print(json.dumps(measure(bodies, tmp)))
+        print(json.dumps(measure(bodies, other, tmp)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

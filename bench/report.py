@@ -49,24 +49,30 @@ def _p1(r: dict) -> list[str]:
 
 
 def _p1_costs(r: dict) -> list[str]:
-    rows = []
-    for cfg in r["configs"]:
-        c = cfg.get("costs")
-        if not c:
-            continue
-        s, probe = c["steps_us"], c["clickhouse_decodes_us"]
-        inserts = f"{c['requests']} INSERT" + ("s" if c["requests"] != 1 else "")
-        rows.append([f"{cfg['batch']} ({inserts})", s["decode"], s["to_batch"], s["dedup"],
-                     s["insert"], c["insert_without_views_us"], s["merges"], c["total_us"],
-                     c["events_per_cpu_s"], probe["total"], c["clickhouse_decodes_events_per_cpu_s"]])
-    if not rows:
+    costed = [(cfg["batch"], cfg["costs"]) for cfg in r["configs"] if cfg.get("costs")]
+    if not costed:
         return []
-    return ["Where the CPU goes (`bench/ingest_costs.py`: one process, the same bodies, one INSERT "
-            "per request; µs of CPU per event, chDB's threads included). \"ClickHouse decodes\" is "
-            "the floor of a redesign, not a route: ClickHouse reads the request bytes itself; no "
-            "de-dup, partial success or fallback.", ""] + _table(
+    steps, totals = [], []
+    for batch, c in costed:
+        s = c["steps_us"]
+        steps.append([batch, s["decode"], s["to_batch"], s["dedup"], s["insert"],
+                      c["insert_without_views_us"], s["merges"], c["total_us"]])
+        group = c.get("group", 1)
+        totals.append([batch, f"{c['total_us']} ({c['events_per_cpu_s']:,})",
+                       f"{c['grouped_total_us']} ({c['grouped_events_per_cpu_s']:,})",
+                       f"{c['clickhouse_decodes_us']['total']} "
+                       f"({c['clickhouse_decodes_events_per_cpu_s']:,})",
+                       f"{c['clickhouse_decodes_grouped_us']} "
+                       f"({c['clickhouse_decodes_grouped_events_per_cpu_s']:,})"])
+    return ["Where the CPU goes (`bench/ingest_costs.py`: one process, the same bodies; µs of CPU "
+            "per event, chDB's threads included), one request per INSERT:", ""] + _table(
         ["batch", "decode", "to_batch", "de-dup", "INSERT", "(INSERT, no views)", "merges after",
-         "total", "events/CPU-s", "ClickHouse decodes: total", "its events/CPU-s"], rows)
+         "total"], steps) + [
+        f"Totals, µs per event (events per CPU-second), one and {group} requests per INSERT. "
+        "\"ClickHouse decodes\" is the floor of a redesign, not a route: ClickHouse reads the "
+        "request bytes itself; no de-dup, partial success or fallback.", ""] + _table(
+        ["batch", "ours, 1 per INSERT", f"ours, {group} per INSERT", "ClickHouse decodes, 1 per INSERT",
+         f"ClickHouse decodes, {group} per INSERT"], totals)
 
 
 def _p2(r: dict) -> list[str]:
