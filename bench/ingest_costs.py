@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     other = ingest.build_bodies(a.events, a.seed + 1, a.end_us, a.batch)
     tmp = tempfile.mkdtemp(prefix="upmetr-bench-costs-")
     try:
+        # chDB keeps a schema given as a string in ./__cache__: keep it in the temp folder
+        os.chdir(tmp)
         print(json.dumps(measure(bodies, other, tmp)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

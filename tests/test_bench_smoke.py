@@ -85,6 +85,8 @@ def test_p1_ingest_commits_every_event_and_rotel_took_the_same(tiny_run):
         assert costs["events"] == cfg["events"]
         assert costs["total_us"] == pytest.approx(sum(costs["steps_us"].values()), abs=0.1)
         assert costs["grouped_total_us"] == pytest.approx(sum(costs["grouped_steps_us"].values()), abs=0.1)
+    # the probe's schema cache stays in the harness's temp folder, not in the checkout
+    assert not os.path.exists(os.path.join(ROOT, "__cache__"))
 
 
 def test_p2_results_are_equal_across_the_three_systems(tiny_run):

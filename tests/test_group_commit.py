@@ -54,12 +54,19 @@ def hold_first_commit(pipeline, exporter):
     return first
 
 
-def test_requests_queued_during_a_commit_and_during_the_wait_share_one_insert(make_pipeline, store):
-    pipeline, exporter = make_pipeline(group_wait_s=60, max_batch_records=4)
+def two_queued_behind_a_commit(pipeline, exporter):
+    """Two requests queue while a first one commits; the commit then ends, so
+    the writer finds the two. Returns their pending handles."""
     first = hold_first_commit(pipeline, exporter)
     queued = [pipeline.submit(batch()), pipeline.submit(batch())]
-    exporter.gate.set()  # the first commits; two are queued, so the writer waits for more
+    exporter.gate.set()
     first.join(10)
+    return queued
+
+
+def test_requests_queued_during_a_commit_and_during_the_wait_share_one_insert(make_pipeline, store):
+    pipeline, exporter = make_pipeline(group_wait_s=60, max_batch_records=4)
+    queued = two_queued_behind_a_commit(pipeline, exporter)  # two found: the writer waits
     wait_for(lambda: pipeline.waiting_for_more)
     queued.append(pipeline.submit(batch(2)))  # fills the group (4 records): no more waiting
     for pending in queued:
@@ -79,10 +86,7 @@ def test_a_lone_client_never_waits_for_more(make_pipeline, store):
 
 def test_after_a_wait_that_brought_nobody_the_writer_stops_waiting(make_pipeline, store):
     pipeline, exporter = make_pipeline(group_wait_s=3)
-    first = hold_first_commit(pipeline, exporter)
-    queued = [pipeline.submit(batch()), pipeline.submit(batch())]
-    exporter.gate.set()
-    first.join(10)
+    queued = two_queued_behind_a_commit(pipeline, exporter)
     for pending in queued:  # committed after a 3 s wait that nobody joined
         pipeline.wait(pending, 20)
     pipeline.export(batch(), timeout_s=2)  # a lone request again: no 3 s wait
@@ -91,10 +95,7 @@ def test_after_a_wait_that_brought_nobody_the_writer_stops_waiting(make_pipeline
 
 def test_shutdown_during_the_wait_commits_at_once(make_pipeline, store):
     pipeline, exporter = make_pipeline(group_wait_s=60)
-    first = hold_first_commit(pipeline, exporter)
-    queued = [pipeline.submit(batch()), pipeline.submit(batch())]
-    exporter.gate.set()
-    first.join(10)
+    queued = two_queued_behind_a_commit(pipeline, exporter)
     wait_for(lambda: pipeline.waiting_for_more)
     assert pipeline.shutdown(20)
     for pending in queued:
@@ -112,7 +113,7 @@ def test_a_commit_that_fails_fails_every_request_of_its_group(make_pipeline, sto
     first = hold_first_commit(pipeline, exporter)
     queued = [pipeline.submit(batch()), pipeline.submit(batch())]
     store.client.command("ALTER TABLE audit.audit_events MODIFY SETTING parts_to_throw_insert = 1")
-    exporter.gate.set()
+    exporter.gate.set()  # the first commits; the next INSERT hits TOO_MANY_PARTS
     first.join(10)
     for pending in queued:
         with pytest.raises(ExportFailed):
