@@ -107,7 +107,8 @@ def test_p3_measures_all_three_stores(tiny_run):
 
 def test_p5_our_shipper_delivers_every_event(tiny_run):
     result = _result(tiny_run, "P5")
-    assert {r["mode"] for r in result["results"]} == {"stock", "durable", "crash-safe", "fast"}
+    assert {r["mode"] for r in result["results"]} == {"stock", "durable", "crash-safe", "fast",
+                                                      "stock-no-drop"}
     assert all(r["delivered"] == r["events"] for r in result["results"] if r["mode"] != "stock")
 
 
