@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from upmetr_audit.shipper.durable import MemoryQueue
 from upmetr_audit.shipper.spool import Spool, SpoolError, SpoolFullError
 
 
@@ -193,3 +194,53 @@ def test_interval_sync_appends_survive_a_sigkill_of_the_process(tmp_path):
     spool = Spool(tmp_path)
     assert drain(spool) == [f"event-{i}".encode() for i in range(2000)]
     spool.close()
+
+
+# -- fast mode's in-memory queue (same interface) -------------------------------
+
+
+def test_fast_queue_appends_do_not_wait_for_the_sending_thread():
+    # While the sending thread holds the queue's lock (reading or acknowledging
+    # a batch), emitting threads still append: a lock that every emit takes
+    # makes CPython threads queue behind the GIL (P5, docs/benchmarks.md).
+    q = MemoryQueue()
+    done = threading.Event()
+    with q._cond:
+        t = threading.Thread(target=lambda: (q.append(b"e1"), done.set()))
+        t.start()
+        assert done.wait(10)
+    t.join(10)
+    assert q.read(10)[0] == [b"e1"]
+
+
+def test_fast_queue_concurrent_appends_lose_and_reorder_nothing():
+    q = MemoryQueue(max_records=100_000)
+    per_thread = 2_000
+
+    def emit(k):
+        for i in range(per_thread):
+            q.append(f"{k}:{i}".encode())
+
+    threads = [threading.Thread(target=emit, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    got = drain(q)
+    assert len(got) == 8 * per_thread
+    for k in range(8):
+        mine = [int(p.split(b":")[1]) for p in got if p.startswith(f"{k}:".encode())]
+        assert mine == list(range(per_thread))  # each thread's events in its order
+
+
+def test_fast_queue_full_blocks_then_refuses_and_closed_refuses():
+    q = MemoryQueue(max_records=2)
+    q.append(b"a")
+    q.append(b"b")
+    with pytest.raises(SpoolFullError):
+        q.append(b"c", timeout_s=0.05)
+    q.ack(q.read(1)[1])  # one delivered: room for one
+    q.append(b"c", timeout_s=5)
+    q.close()
+    with pytest.raises(SpoolError, match="closed"):
+        q.append(b"d")
