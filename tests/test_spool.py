@@ -196,6 +196,153 @@ def test_interval_sync_appends_survive_a_sigkill_of_the_process(tmp_path):
     spool.close()
 
 
+# -- interval sync: appends without a lock -----------------------------------------
+
+
+def test_unlocked_appends_across_rolls_with_a_reader_lose_and_reorder_nothing(tmp_path, caplog):
+    # 8 threads append while a reader reads and acknowledges; small segments,
+    # so rolls (which wait for the writers inside the old segment) happen all
+    # the time, and the reader meets frames still being written.
+    spool = Spool(tmp_path, segment_bytes=4096, sync_interval_s=0.05)
+    threads, per_thread = 8, 400
+    got, done = [], threading.Event()
+
+    def reader():
+        while not done.is_set() or len(got) < threads * per_thread:
+            payloads, pos = spool.read(100)
+            got.extend(payloads)
+            if payloads:
+                spool.ack(pos)
+
+    def writer(k):
+        for i in range(per_thread):
+            spool.append(f"{k}:{i}:".encode() + b"x" * (i % 97))
+
+    r = threading.Thread(target=reader)
+    r.start()
+    ws = [threading.Thread(target=writer, args=(k,)) for k in range(threads)]
+    for w in ws:
+        w.start()
+    for w in ws:
+        w.join(60)
+    done.set()
+    r.join(60)
+    assert not r.is_alive()
+    assert len(got) == threads * per_thread
+    for k in range(threads):
+        mine = [int(p.split(b":")[1]) for p in got if p.startswith(f"{k}:".encode())]
+        assert mine == list(range(per_thread))
+    assert "torn" not in caplog.text
+    spool.close()
+    assert len(segments(tmp_path)) <= 1  # acknowledged segments were deleted
+
+
+def test_the_reader_waits_for_a_frame_still_being_written(tmp_path, caplog):
+    from upmetr_audit.shipper.spool import encode_frame
+
+    spool = Spool(tmp_path, sync_interval_s=0.05)
+    spool.append(b"whole")
+    frame = encode_frame(b"being written")
+    active = os.path.join(tmp_path, segments(tmp_path)[-1])
+    fd = os.open(active, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, frame[:7])  # what a reader may see while write(2) copies the frame
+    assert drain(spool) == [b"whole"]
+    os.write(fd, frame[7:])
+    os.close(fd)
+    assert drain(spool) == [b"being written"]
+    assert "torn" not in caplog.text
+    spool.close()
+
+
+def test_a_roll_waits_for_a_writer_inside_the_old_segment(tmp_path, monkeypatch):
+    import upmetr_audit.shipper.spool as spool_mod
+
+    spool = Spool(tmp_path, segment_bytes=4096, sync_interval_s=0.05)
+    inside, release = threading.Event(), threading.Event()
+    real_write = spool_mod._write_keeping_gil
+
+    def paused_write(fd, data):
+        if data.endswith(b"paused"):
+            inside.set()
+            assert release.wait(10)
+        real_write(fd, data)
+
+    monkeypatch.setattr(spool_mod, "_write_keeping_gil", paused_write)
+    writer = threading.Thread(target=spool.append, args=(b"paused",))
+    writer.start()
+    assert inside.wait(10)  # announced in the active segment, not written yet
+    big = [f"{i}:".encode() + b"r" * 1000 for i in range(6)]  # more than a segment: a roll
+    roller = threading.Thread(target=lambda: [spool.append(p) for p in big])
+    roller.start()
+    roller.join(0.5)
+    assert roller.is_alive()  # the roll waits for the writer inside the old segment
+    release.set()
+    writer.join(10)
+    roller.join(10)
+    assert sorted(drain(spool)) == sorted([b"paused", *big])
+    spool.close()
+
+
+def test_a_writer_that_arrives_after_the_seal_writes_to_the_new_segment(tmp_path):
+    spool = Spool(tmp_path, segment_bytes=4096, sync_interval_s=0.05)
+    arrived, release = threading.Event(), threading.Event()
+
+    class PausingWriters(list):
+        """The old segment's writer list: the late writer stops before announcing itself."""
+
+        def append(self, item):
+            if threading.current_thread().name == "late":
+                arrived.set()
+                assert release.wait(10)
+            super().append(item)
+
+    spool._seg.writers = PausingWriters()
+    late = threading.Thread(target=spool.append, args=(b"late",), name="late")
+    late.start()
+    assert arrived.wait(10)  # it holds the old segment, unannounced
+    big = [f"{i}:".encode() + b"r" * 1000 for i in range(6)]
+    for p in big:  # fills the segment: it is sealed and closed, a new one started
+        spool.append(p)
+    release.set()
+    late.join(10)
+    assert sorted(drain(spool)) == sorted([b"late", *big])
+    spool.close()
+
+
+def test_close_stops_unlocked_appends_and_keeps_every_one_that_returned(tmp_path):
+    spool = Spool(tmp_path, segment_bytes=4096, sync_interval_s=0.05)
+    returned, refused = [], []
+    started, enough = threading.Barrier(5), threading.Event()
+
+    def writer(k):
+        started.wait()
+        i = 0
+        while True:
+            payload = f"{k}:{i}".encode()
+            try:
+                spool.append(payload)
+            except SpoolError:
+                refused.append(k)
+                return
+            returned.append(payload)
+            if len(returned) >= 2000:
+                enough.set()
+            i += 1
+
+    ws = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for w in ws:
+        w.start()
+    started.wait()
+    assert enough.wait(30)
+    spool.close()
+    for w in ws:
+        w.join(30)
+    assert sorted(refused) == [0, 1, 2, 3]  # every writer was told the spool is closed
+    reopened = Spool(tmp_path)
+    assert sorted(drain(reopened)) == sorted(returned)
+    reopened.close()
+
+
 # -- fast mode's in-memory queue (same interface) -------------------------------
 
 
