@@ -84,7 +84,9 @@ def _write_keeping_gil(fd: int, data: bytes) -> None:
 
 class _Segment:
     """The segment being written: its descriptor, the writers inside it, and
-    an estimate of its size (updated without a lock: only for rolling)."""
+    its size (exact in durable mode, which writes under the lock; an estimate
+    with interval sync, used only to decide when to roll and the spool's soft
+    size bound; the reader goes by the file's size)."""
 
     __slots__ = ("seq", "fd", "size", "writers", "sealed")
 
