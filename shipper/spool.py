@@ -231,13 +231,15 @@ class Spool:
             try:
                 os.write(self._seg.fd, frame)
             except OSError as exc:
-                raise SpoolError(exc.errno, f"cannot write to spool {self.directory}: "
-                                            f"{exc.strerror}") from None
+                raise self._write_error(exc) from None
             self._seg.size += len(frame)
             self._written += len(frame)
             mine = self._written
         if self.fsync and not self.sync_interval_s:
             self._sync_to(mine)
+
+    def _write_error(self, exc: OSError) -> SpoolError:
+        return SpoolError(exc.errno, f"cannot write to spool {self.directory}: {exc.strerror}")
 
     def _append_unlocked(self, frame: bytes) -> bool:
         """Append without the lock (interval sync). False when the locked path
@@ -251,8 +253,7 @@ class Spool:
             try:
                 _write_keeping_gil(seg.fd, frame)
             except OSError as exc:
-                raise SpoolError(exc.errno, f"cannot write to spool {self.directory}: "
-                                            f"{exc.strerror}") from None
+                raise self._write_error(exc) from None
             # Estimates (two threads may add at once and one sum be lost): they
             # only decide when to roll and when the background sync runs.
             seg.size += len(frame)
