@@ -19,6 +19,14 @@ write, a damaged disk) fails its checksum: the rest of that segment is skipped
 with a warning and reading goes on with the next segment. Every run writes to
 a new segment, so nothing is ever appended after a torn tail.
 
+A full disk must not tear a frame in the middle of a segment: the frames
+after it would be skipped with it. Each segment's disk space is reserved when
+it is created (``fallocate`` keeping the file's size; given back when it is
+sealed), so appends into it cannot run out of space; a disk that is already
+full fails the reservation, and that segment takes only locked appends. A
+write that still stops part-way fails its append and seals the segment, so
+the next append starts a new one after the partial frame.
+
 With ``sync_interval_s`` > 0 an append takes no lock: every emitting thread
 passes here, and a lock they contend makes CPython threads queue behind the
 GIL (P5 in docs/benchmarks.md: 4 threads fell to 8k emits/s, p50 ~0.5 ms).
@@ -71,27 +79,45 @@ _libc.write.restype = ctypes.c_ssize_t
 _libc.write.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
 
 
-def _write_keeping_gil(fd: int, data: bytes) -> None:
-    """``write(2)`` of all of ``data``, without letting other threads run meanwhile."""
+def _write_keeping_gil(fd: int, data: bytes) -> int:
+    """``write(2)`` of ``data`` without letting other threads run meanwhile.
+    Returns the bytes written: fewer than asked when the disk fills up."""
     n = _libc.write(fd, data, len(data))
-    if n == len(data):
-        return
     if n < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    os.write(fd, data[n:])  # a short write (a full disk): finish or raise
+    return n
+
+
+_libc_threads = ctypes.CDLL(None, use_errno=True)  # a call that may take a while
+_fallocate = getattr(_libc_threads, "fallocate", None)
+if _fallocate is not None:
+    _fallocate.restype = ctypes.c_int
+    _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+def _reserve(fd: int, nbytes: int) -> bool:
+    """Reserve disk blocks for the next ``nbytes`` of an empty file without
+    changing its size (Linux ``fallocate(FALLOC_FL_KEEP_SIZE)``), so appends
+    into them cannot run out of space part-way. False where the disk is full
+    or the file system cannot reserve."""
+    if _fallocate is None:
+        return False
+    return _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, nbytes) == 0
 
 
 class _Segment:
-    """The segment being written: its descriptor, the writers inside it, and
-    its size (exact in durable mode, which writes under the lock; an estimate
-    with interval sync, used only to decide when to roll and the spool's soft
-    size bound; the reader goes by the file's size)."""
+    """The segment being written: its descriptor, the writers inside it,
+    whether its disk space is reserved, and its size (exact in durable mode,
+    which writes under the lock; an estimate with interval sync, used only to
+    decide when to roll and the spool's soft size bound; the reader goes by
+    the file's size)."""
 
-    __slots__ = ("seq", "fd", "size", "writers", "sealed")
+    __slots__ = ("seq", "fd", "size", "writers", "sealed", "reserved")
 
-    def __init__(self, seq: int, fd: int):
-        self.seq, self.fd, self.size, self.sealed = seq, fd, 0, False
+    def __init__(self, seq: int, fd: int, reserved: bool):
+        self.seq, self.fd, self.size, self.sealed, self.reserved = seq, fd, 0, False, reserved
         self.writers: list[None] = []  # list.append / pop are atomic under the GIL
 
 
@@ -141,8 +167,7 @@ class Spool:
             if s < self._cursor.segment:
                 self._unlink(s)
         # _sizes: the segments no longer written (this run's and earlier ones')
-        self._seg = _Segment(max([*segments, self._cursor.segment, 0]) + 1, -1)
-        self._seg.fd = self._open_segment(self._seg.seq)
+        self._seg = self._new_segment(max([*segments, self._cursor.segment, 0]) + 1)
         self._read_pos = self._cursor
         self._closed = False
         self.sync_interval_s = sync_interval_s if fsync else 0.0
@@ -162,7 +187,7 @@ class Spool:
         return sorted(int(m.group(1)) for n in os.listdir(self.directory)
                       if (m := _SEGMENT_RE.match(n)))
 
-    def _open_segment(self, seq: int) -> int:
+    def _new_segment(self, seq: int) -> _Segment:
         try:
             fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             if self.fsync:
@@ -170,7 +195,8 @@ class Spool:
         except OSError as exc:
             raise SpoolError(exc.errno, f"cannot create a spool segment in {self.directory}: "
                                         f"{exc.strerror}") from None
-        return fd
+        # The slack covers the size estimate's lost additions (interval sync).
+        return _Segment(seq, fd, _reserve(fd, self.segment_bytes + 64 * 1024))
 
     def _fsync_dir(self) -> None:
         dfd = os.open(self.directory, os.O_RDONLY)
@@ -226,12 +252,15 @@ class Spool:
                 self._space.wait(remaining)
             if self._closed:
                 raise SpoolError(0, "the spool is closed")
-            if self._seg.size and self._seg.size + len(frame) > self.segment_bytes:
+            if self._seg.sealed or (self._seg.size
+                                    and self._seg.size + len(frame) > self.segment_bytes):
                 self._roll()
             try:
-                os.write(self._seg.fd, frame)
+                n = os.write(self._seg.fd, frame)
             except OSError as exc:
                 raise self._write_error(exc) from None
+            if n < len(frame):
+                raise self._cut_short(self._seg, n, len(frame))
             self._seg.size += len(frame)
             self._written += len(frame)
             mine = self._written
@@ -241,26 +270,44 @@ class Spool:
     def _write_error(self, exc: OSError) -> SpoolError:
         return SpoolError(exc.errno, f"cannot write to spool {self.directory}: {exc.strerror}")
 
+    def _cut_short(self, seg: _Segment, written: int, wanted: int) -> SpoolError:
+        """A write stopped part-way (the disk filled up). Nothing may follow
+        the partial frame, or the reader would skip what follows as corrupt:
+        seal the segment so the next append starts a new one. Holds ``_lock``."""
+        seg.sealed = True
+        if self._seg is seg and not self._closed:
+            try:
+                self._roll()
+            except SpoolError:  # no new segment now: the next append tries again
+                pass
+        return SpoolError(0, f"cannot write to spool {self.directory}: wrote {written} of "
+                             f"{wanted} bytes (is the disk full?); the event was not written")
+
     def _append_unlocked(self, frame: bytes) -> bool:
         """Append without the lock (interval sync). False when the locked path
-        must do it: the segment is sealed or full, the spool full or closed."""
+        must do it: the segment has no reserved space, is sealed or full, the
+        spool full or closed."""
         seg = self._seg
         seg.writers.append(None)
         try:
-            if (seg.sealed or seg.size + len(frame) > self.segment_bytes
+            if (not seg.reserved or seg.sealed or seg.size + len(frame) > self.segment_bytes
                     or self.size_bytes + len(frame) > self.max_bytes):
                 return False
             try:
-                _write_keeping_gil(seg.fd, frame)
+                n = _write_keeping_gil(seg.fd, frame)
             except OSError as exc:
                 raise self._write_error(exc) from None
-            # Estimates (two threads may add at once and one sum be lost): they
-            # only decide when to roll and when the background sync runs.
-            seg.size += len(frame)
-            self._written += len(frame)
-            return True
+            if n == len(frame):
+                # Estimates (two threads may add at once and one sum be lost):
+                # they only decide when to roll and when the background sync runs.
+                seg.size += len(frame)
+                self._written += len(frame)
+                return True
+            seg.sealed = True  # at once: no other writer may start after the partial frame
         finally:
             seg.writers.pop()
+        with self._lock:  # after leaving the segment: rolling waits for its writers
+            raise self._cut_short(seg, n, len(frame))
 
     def _seal(self) -> None:
         """Stop writes to the active segment, wait for the writers inside it,
@@ -269,9 +316,15 @@ class Spool:
         seg.sealed = True
         while seg.writers:  # announced before the seal: each finishes one write
             time.sleep(0)
+        size = os.fstat(seg.fd).st_size
+        if seg.reserved:
+            try:
+                os.ftruncate(seg.fd, size)  # give back the reserved blocks it did not use
+            except OSError:
+                pass
         if self.fsync:
             os.fsync(seg.fd)
-        self._sizes[seg.seq] = os.fstat(seg.fd).st_size
+        self._sizes[seg.seq] = size
         os.close(seg.fd)
 
     def _sync_periodically(self) -> None:
@@ -285,10 +338,9 @@ class Spool:
 
     def _roll(self) -> None:
         """Close the full segment (synced) and start the next one. Holds ``_lock``."""
-        fd = self._open_segment(self._seg.seq + 1)
-        old = self._seg
+        new = self._new_segment(self._seg.seq + 1)
         self._seal()
-        self._seg = _Segment(old.seq + 1, fd)
+        self._seg = new
 
     def _sync_to(self, position: int) -> None:
         """Group commit: one fsync covers every append made before it started."""

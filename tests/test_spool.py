@@ -1,6 +1,7 @@
 """The shipper's on-disk spool: durable appends, ordered reads, acks that
 reclaim disk, torn tails skipped, bounded size."""
 
+import json
 import os
 import threading
 
@@ -265,7 +266,7 @@ def test_a_roll_waits_for_a_writer_inside_the_old_segment(tmp_path, monkeypatch)
         if data.endswith(b"paused"):
             inside.set()
             assert release.wait(10)
-        real_write(fd, data)
+        return real_write(fd, data)
 
     monkeypatch.setattr(spool_mod, "_write_keeping_gil", paused_write)
     writer = threading.Thread(target=spool.append, args=(b"paused",))
@@ -391,3 +392,118 @@ def test_fast_queue_full_blocks_then_refuses_and_closed_refuses():
     q.close()
     with pytest.raises(SpoolError, match="closed"):
         q.append(b"d")
+
+
+# -- a full disk: a write that stops part-way -------------------------------------
+
+SHORT_WRITE = r"""
+import json, resource, signal, sys
+from upmetr_audit.shipper.spool import Spool, SpoolError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, not the process
+directory, interval = sys.argv[1], float(sys.argv[2])
+spool = Spool(directory, segment_bytes=64 * 1024, sync_interval_s=interval)
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+# Frames are 110 bytes: the file-size limit cuts the 10th one after 50 bytes,
+# as a disk that fills up does (write(2) returns fewer bytes than asked).
+resource.setrlimit(resource.RLIMIT_FSIZE, (9 * 110 + 50, hard))
+ok, errors = [], {}
+for i in range(30):
+    if i == 10:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space again
+    try:
+        spool.append(b"%04d" % i + b"x" * 96)
+        ok.append(i)
+    except SpoolError as exc:
+        errors[i] = str(exc)
+spool.close()
+print(json.dumps({"ok": ok, "errors": errors}))
+"""
+
+
+@pytest.mark.parametrize("interval", [0, 0.05], ids=["durable", "interval-sync"])
+def test_a_write_cut_short_fails_that_append_and_loses_no_other(tmp_path, interval, caplog):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SHORT_WRITE, str(tmp_path), str(interval)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    result = json.loads(out)
+    # Only the append whose write was cut short failed, and it said so; the
+    # next one went to a new segment, not after the partial frame.
+    assert list(result["errors"]) == ["9"]
+    assert "wrote 50 of 110 bytes" in result["errors"]["9"]
+    assert result["ok"] == [i for i in range(30) if i != 9]
+    spool = Spool(tmp_path)
+    assert drain(spool) == [b"%04d" % i + b"x" * 96 for i in result["ok"]]
+    spool.close()
+
+
+FULL_DISK = r"""
+import json, os, sys
+from upmetr_audit.shipper.spool import Spool, SpoolError
+disk = sys.argv[1]  # a 512 KiB tmpfs of its own
+spool = Spool(os.path.join(disk, "spool"), segment_bytes=100 * 1024, max_bytes=1 << 20,
+              sync_interval_s=0.05)
+
+def fill(path):
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"b" * 4096)
+        except OSError:
+            pass
+
+fill(os.path.join(disk, "ballast"))  # the disk is full now
+ok, errors = [], []
+for i in range(2500):
+    if i == 2000:
+        os.unlink(os.path.join(disk, "ballast"))  # space again
+    try:
+        spool.append(b"%05d" % i + b"x" * 95)
+        ok.append(i)
+    except SpoolError as exc:
+        errors.append((i, str(exc)))
+spool.close()
+spool = Spool(os.path.join(disk, "spool"))
+read = []
+while True:
+    payloads, pos = spool.read(500)
+    if not payloads:
+        break
+    read.extend(int(p[:5]) for p in payloads)
+    spool.ack(pos)
+spool.close()
+print(json.dumps({"ok": ok, "errors": errors, "read": read}))
+"""
+
+
+def test_a_full_disk_fails_appends_cleanly_and_loses_none_that_returned(tmp_path):
+    # A real full disk: a small tmpfs mounted in a mount namespace of its own
+    # (needs root, as CI has here).
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("unshare") or subprocess.run(
+            ["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root and unshare(1) to mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         'mount -t tmpfs -o size=512k tmpfs "$1" && exec "$2" -c "$3" "$1"', "sh",
+         str(disk), sys.executable, FULL_DISK],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    ok, errors = result["ok"], dict(result["errors"])
+    # The first segment's space was reserved when the spool opened: its
+    # appends succeed on the full disk (100 KiB of 110-byte frames).
+    assert ok[:900] == list(range(900))
+    # Then appends fail, each with a clear error, and none is half-written
+    # in a way that costs the others: one write was cut short part-way.
+    assert errors and all(900 <= i < 2000 for i in errors)
+    assert all("No space left on device" in e or "is the disk full?" in e for e in errors.values())
+    assert any("is the disk full?" in e for e in errors.values())
+    assert ok[-500:] == list(range(2000, 2500))  # space again: appends succeed
+    assert result["read"] == ok  # every append that returned is delivered, in order
