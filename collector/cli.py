@@ -470,7 +470,8 @@ def ship(patterns, data_dir, ingest_tokens, ship_endpoint, ship_state_dir, ship_
 
     def progress(a):
         click.echo(f"progress   read={a.lines_read} shipped={a.shipped} "
-                   f"dead_lettered={a.dead_lettered} pending={audit.stats()['pending']}")
+                   f"dead_lettered={a.dead_lettered} pending={audit.stats()['pending']}"
+                   + (f" waiting: {a.spool_error}" if a.spool_error else ""))
 
     try:
         agent.run(stop, progress=progress)

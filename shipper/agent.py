@@ -15,6 +15,10 @@ while open (read to its end), a partial last line (kept until its newline),
 and new files matching the globs. Checkpoints (device, inode, offset) are
 saved after the lines before them are spooled; after a restart reading
 resumes there, and the collector de-duplicates what was read twice.
+
+When the spool cannot take a line (a full disk), that file's reading stops at
+the line, with a warning, and goes on from it at the next poll: the lines wait
+in their file, none is dropped or spooled twice.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import uuid
 from dataclasses import dataclass
 
 from . import contract as c
-from .spool import SpoolFullError
+from .spool import SpoolError, SpoolFullError
 
 log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 1024 * 1024
@@ -95,6 +99,7 @@ class Agent:
         self.checkpoint_every_s = checkpoint_every_s
         self.files: dict[tuple[int, int], _File] = {}
         self.lines_read = self.shipped = self.dead_lettered = 0
+        self.spool_error: str | None = None  # why reading waits, while the spool refuses
         self._saved = self._load_checkpoints()
         self._last_checkpoint = 0.0
 
@@ -115,11 +120,17 @@ class Agent:
         entries = [{"path": f.path, "dev": f.dev, "ino": f.ino, "offset": f.offset}
                    for f in self.files.values()]
         tmp = self.checkpoint_path + ".tmp"
-        with open(tmp, "w") as out:
-            json.dump(entries, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.checkpoint_path)
+        try:
+            with open(tmp, "w") as out:
+                json.dump(entries, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.checkpoint_path)
+        except OSError as exc:  # a full disk: the last checkpoint stays, and is tried again
+            log.warning("cannot save the checkpoints; after a restart, lines since the last "
+                        "saved ones are read again (the collector de-duplicates)",
+                        extra={"path": self.checkpoint_path, "error": str(exc)})
+            return
         self._last_checkpoint = time.monotonic()
 
     # -- discovery --------------------------------------------------------------
@@ -188,10 +199,22 @@ class Agent:
                 return handled
             data = f.partial + chunk
             start = 0
-            while (nl := data.find(b"\n", start)) != -1:
-                self._handle(f, data[start:nl], f.offset + start)
-                start = nl + 1
-                handled += 1
+            try:
+                while (nl := data.find(b"\n", start)) != -1:
+                    self._handle(f, data[start:nl], f.offset + start)
+                    start = nl + 1
+                    handled += 1
+            except SpoolError as exc:  # a full disk: this line and the rest wait in the file
+                f.offset += start
+                f.partial = b""
+                if self.spool_error is None:
+                    log.warning("the spool cannot take events; reading waits until it can",
+                                extra={"error": str(exc), "path": f.path})
+                self.spool_error = str(exc)
+                return handled
+            if self.spool_error is not None and start:
+                log.info("the spool takes events again; reading goes on", extra={"path": f.path})
+                self.spool_error = None
             f.offset += start
             f.partial = data[start:]
             if len(f.partial) > MAX_LINE_BYTES:
