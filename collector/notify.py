@@ -70,6 +70,8 @@ def audit_link(base_url: str, alert: dict, rule: Rule) -> str:
              "since": _iso(alert["window_start"]), "until": _iso(alert["window_end"])}
     if alert["key_type"] in ("user", "ip"):
         query[alert["key_type"]] = alert["key"]
+    if rule.allow and alert["key_type"] != "ip":  # the rule did not count these sources
+        query["not_ip"] = ",".join(rule.allow)
     return f"{base_url.rstrip('/')}/audit?{urlencode(query)}"
 
 

@@ -142,6 +142,9 @@ def test_values_are_parsed_and_normalized():
     assert naive.since == datetime(2024, 6, 14, 20, tzinfo=UTC)
     assert naive.until == datetime(2024, 6, 14, 21, 0, 0, 500000, tzinfo=UTC)
     assert parse_filters({"ip": "2001:DB8::1"}).ip == "2001:db8::1"
+    nets = parse_filters({"not_ip": " 10.1.2.3/8, 2001:DB8::/32,10.0.0.0/8 ,, 192.0.2.1"})
+    assert nets.not_ip == "10.0.0.0/8,2001:db8::/32,192.0.2.1"  # normalized, no repeats
+    assert parse_filters(nets.to_query()) == nets
 
 
 @pytest.mark.parametrize("preset,hours", [("1h", 1), ("24h", 24), ("7d", 168), ("30d", 720), ("90d", 2160)])
@@ -166,6 +169,11 @@ BAD_INPUT = [
     ({"ip": "fe80::1%eth0"}, "ip"),
     ({"ip": "2001:db8::/129"}, "ip"),
     ({"ip": "localhost"}, "ip"),
+    ({"not_ip": "10.0.0.0/8,localhost"}, "not_ip"),
+    ({"not_ip": "10.0.0.0/33"}, "not_ip"),
+    ({"not_ip": "fe80::1%eth0"}, "not_ip"),
+    ({"not_ip": ",".join(f"10.0.{i}.0/24" for i in range(65))}, "not_ip"),  # over 64 networks
+    ({"not_ip": "1" * 3000}, "not_ip"),
     ({"per_page": "30"}, "per_page"),
     ({"per_page": "025"}, "per_page"),
     ({"per_page": "25.0"}, "per_page"),
@@ -363,6 +371,23 @@ def test_ip_filter(store, ip, labels):
     assert {e["reason"] for e in events} == labels
 
 
+@pytest.mark.parametrize("not_ip,left_out", [
+    ("203.0.113.0/24", {"v4a", "v4b", "mapped"}),
+    ("10.0.0.1,2001:db8::/64", {"ten", "v6a", "v6b"}),
+    ("0.0.0.0/0", {"v4a", "v4b", "v4c", "ten", "mapped"}),
+    ("::/0", set(IP_EVENTS)),  # an event without an address is stored as ::
+    ("192.0.2.0/24", set()),
+])
+def test_not_ip_filter_leaves_out_exactly_those_networks(store, not_ip, left_out):
+    insert(store, [spec(ip=addr, reason=label, ts=NOW - timedelta(seconds=i + 1))
+                   for i, (label, addr) in enumerate(IP_EVENTS.items())])
+    f = parse_filters({"not_ip": not_ip})
+    assert {e["reason"] for e in Q.list_events(store.client, "org-a", f).events} == \
+        set(IP_EVENTS) - left_out
+    assert sum(Q.timeseries(store.client, "org-a", f, now=NOW)["events"]) == \
+        len(IP_EVENTS) - len(left_out)
+
+
 def test_ip_is_rendered_as_text_with_ipv4_plain(store):
     insert(store, [spec(ip=addr, reason=label, ts=NOW - timedelta(seconds=i))
                    for i, (label, addr) in enumerate(IP_EVENTS.items())])
@@ -511,7 +536,7 @@ SQLI = [
     "\ud800", "a" * 300, "0x27", "char(39)", "\\x27", "%27", "'||'", "' AND sleep(3) --",
 ]
 STRING_FIELDS = ["action", "category", "status", "per_page", "since", "until", "range", "user", "ip",
-                 "resource_type", "resource_id", "q", "cursor"]
+                 "not_ip", "resource_type", "resource_id", "q", "cursor"]
 
 
 def test_sql_injection_corpus_is_inert(seeded):
@@ -530,7 +555,7 @@ def test_sql_injection_corpus_is_inert(seeded):
                 assert err.field == field
                 continue
             parsed += 1
-            assert f.ip == "" and f.cursor is None
+            assert f.ip == f.not_ip == "" and f.cursor is None
             want = oracle(specs, "org-a", f)
             assert want in ([], [planted["id"]]), (field, payload)
             assert all_ids(client, "org-a", f) == want, (field, payload)

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from upmetr_audit.collector import rules as rules_mod
 from upmetr_audit.collector.detector import Detector, current_alerts
 from upmetr_audit.web import accounts
 from upmetr_audit.web.app import create_app
@@ -76,6 +77,42 @@ def test_the_banner_link_lists_exactly_the_counted_events(app, store):
     assert len(events) == 6
     table = client.get(link).get_data(as_text=True)
     assert table.count("victim@acme.test</td>") == 6 and "other@acme.test" not in table
+
+
+def test_the_link_leaves_out_the_sources_the_rule_allowlists(store):
+    # Failed logins from the office network (allowlisted for this org) are
+    # not counted; the banner's link must not list them either.
+    rules = rules_mod.from_mapping({"orgs": {"initech": {"allow": ["10.0.0.0/8", "2001:db8::/32"]}}})
+    accounts.create_user(store.client, "root@initech.test", "initech", "superadmin", PASSWORD)
+    accounts.set_module(store.client, "initech", accounts.AUDIT_MODULE, True)
+    start = NOW - timedelta(minutes=6)
+    counted = [sc.fail(start + timedelta(seconds=30 * i), "victim@initech.test", "203.0.113.9",
+                       org="initech") for i in range(6)]
+    allowed = [sc.fail(start + timedelta(seconds=30 * i + 10), "victim@initech.test", ip, org="initech")
+               for i, ip in enumerate(["10.1.2.3", "10.200.0.1", "2001:db8::7"])]
+    insert_events(store.client, counted + allowed)
+    Detector(store.client, rules).run_once(NOW)
+    [alert] = [a for a in current_alerts(store.client) if a["org_id"] == "initech"]
+    assert alert["value"] == 6  # the allowlisted sources were not counted
+    app = create_app({"STORE_CLIENT": store.client, "SECRET_KEY": "k" * 40, "TESTING": True,
+                      "ALERT_RULES": rules, "AUDIT_EMIT": lambda action, **kw: None})
+    client = signed_in(app, "root@initech.test")
+    html = client.get("/audit").get_data(as_text=True)
+    link = re.search(r'<a href="([^"]+)" data-alert-link>', html).group(1).replace("&amp;", "&")
+    assert parse_qs(urlsplit(link).query)["not_ip"] == ["10.0.0.0/8,2001:db8::/32"]
+    events = client.get("/api/v1/events?" + urlsplit(link).query).get_json()["events"]
+    assert sorted(e["event_id"] for e in events) == sorted(alert["samples"])
+    assert {e["ip"] for e in events} == {"203.0.113.9"}
+    table = client.get(link).get_data(as_text=True)
+    assert table.count("victim@initech.test</td>") == 6 and "10.1.2.3" not in table
+
+
+def test_a_rule_allowlist_longer_than_the_link_can_carry_is_refused():
+    nets = [f"10.0.{i}.0/24" for i in range(rules_mod.MAX_ALLOW_NETWORKS)]
+    rules_mod.from_mapping({"allow": nets})
+    with pytest.raises(rules_mod.RuleError,
+                       match=r"orgs\.initech\.rules\.\w+: allows 65 networks in all; at most 64"):
+        rules_mod.from_mapping({"allow": nets, "orgs": {"initech": {"allow": ["192.0.2.0/24"]}}})
 
 
 def test_alerts_api_lists_the_org_alerts_only(app):

@@ -21,6 +21,8 @@ FILTER_PARAMETERS = [
     ("until", _STR, "ISO 8601 date or time (exclusive; a date means through that day)."),
     ("user", _STR, "Exact user email."),
     ("ip", _STR, "An IPv4/IPv6 address or CIDR."),
+    ("not_ip", _STR, "Leave out these IPv4/IPv6 addresses or CIDRs, comma-separated "
+                     "(an alert rule's allowlist; at most 64)."),
     ("resource_type", _STR, "Resource type."),
     ("resource_id", _STR, "Resource id."),
     ("q", _STR, "Case-insensitive text in the user, resource id or reason."),

@@ -65,6 +65,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from upmetr_audit.collector.rules import MAX_ALLOW_NETWORKS
 from upmetr_audit.collector.schema import EVENTS_TABLE
 from upmetr_audit.shipper.catalog import ACTIONS, CATEGORIES, CATEGORY_BY_ID
 from upmetr_audit.shipper.contract import STATUSES, UUID_PATTERN
@@ -193,6 +194,7 @@ class Filters:
     range: str = ""
     user: str = ""
     ip: str = ""
+    not_ip: str = ""
     resource_type: str = ""
     resource_id: str = ""
     q: str = ""
@@ -201,7 +203,7 @@ class Filters:
     def to_query(self) -> dict[str, str]:
         """The query-string form of the non-default values (for links)."""
         out = {k: getattr(self, k) for k in ("action", "category", "status", "user", "ip",
-                                             "resource_type", "resource_id", "q")}
+                                             "not_ip", "resource_type", "resource_id", "q")}
         if self.per_page != DEFAULT_PER_PAGE:
             out["per_page"] = str(self.per_page)
         if self.range:
@@ -214,14 +216,14 @@ class Filters:
         return {k: v for k, v in out.items() if v}
 
 
-def _text(args: Mapping[str, str], name: str) -> str:
+def _text(args: Mapping[str, str], name: str, max_len: int = MAX_LEN) -> str:
     value = args.get(name)
     if value is None:
         return ""
     if not isinstance(value, str):
         raise FilterError(name, "must be text")
-    if len(value) > MAX_LEN:
-        raise FilterError(name, f"is too long (at most {MAX_LEN} characters)")
+    if len(value) > max_len:
+        raise FilterError(name, f"is too long (at most {max_len} characters)")
     if _CONTROL_RE.search(value):
         raise FilterError(name, "contains a control character")
     try:
@@ -287,18 +289,33 @@ def _time_window(args, now: datetime) -> tuple[datetime | None, datetime | None,
     return since, until, ""
 
 
-def _ip(value: str) -> str:
+def _ip(value: str, field: str = "ip") -> str:
     """Normalized IP or CIDR text; see :func:`ip_bounds`."""
     if not value:
         return ""
     if "%" in value:
-        raise FilterError("ip", "is not an IP address or CIDR (no zone ids)")
+        raise FilterError(field, "is not an IP address or CIDR (no zone ids)")
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise FilterError("ip", "is not an IP address or CIDR") from None
+        raise FilterError(field, f"{value!r} is not an IP address or CIDR") from None
     single = net.num_addresses == 1 and "/" not in value
     return str(net.network_address) if single else str(net)
+
+
+#: At most this many networks in ``not_ip`` (each at most 43 characters): an
+#: alert rule's allowlist fits.
+MAX_EXCLUDED_NETWORKS = MAX_ALLOW_NETWORKS
+
+
+def _networks(value: str) -> str:
+    """``not_ip``: comma-separated IPs or CIDRs (an alert rule's allowlist),
+    normalized, without repeats."""
+    nets = [_ip(part.strip(), "not_ip") for part in value.split(",") if part.strip()]
+    nets = list(dict.fromkeys(nets))
+    if len(nets) > MAX_EXCLUDED_NETWORKS:
+        raise FilterError("not_ip", f"has more than {MAX_EXCLUDED_NETWORKS} networks")
+    return ",".join(nets)
 
 
 def ip_bounds(ip_filter: str) -> tuple[str, str]:
@@ -324,6 +341,7 @@ def parse_filters(args: Mapping[str, str], now: datetime | None = None) -> Filte
         since=since, until=until, range=preset,
         user=_text(args, "user"),
         ip=_ip(_text(args, "ip")),
+        not_ip=_networks(_text(args, "not_ip", max_len=44 * MAX_EXCLUDED_NETWORKS)),
         resource_type=_text(args, "resource_type"),
         resource_id=_text(args, "resource_id"),
         q=_text(args, "q"),
@@ -366,6 +384,11 @@ def _where(org_id: str, f: Filters) -> tuple[list[str], dict]:
         else:
             conds.append("ip BETWEEN {ip_lo:IPv6} AND {ip_hi:IPv6}")
             params.update(ip_lo=lo, ip_hi=hi)
+    if f.not_ip:  # what an alert rule's allowlist leaves out (see rules._allow_sql)
+        bounds = [ip_bounds(net) for net in f.not_ip.split(",")]
+        conds.append("NOT arrayExists((lo, hi) -> ip BETWEEN lo AND hi, "
+                     "{not_ip_lo:Array(IPv6)}, {not_ip_hi:Array(IPv6)})")
+        params.update(not_ip_lo=[lo for lo, _ in bounds], not_ip_hi=[hi for _, hi in bounds])
     if f.q:
         conds.append(_Q_SQL)
         params["q"] = f.q
