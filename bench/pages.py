@@ -113,8 +113,9 @@ class Typed:
     def __init__(self, client, s: Setup):
         self.client, self.s = client, s
 
-    def _page(self, f) -> list:
-        return [(e["event_id"], e["timestamp"]) for e in queries.list_events(self.client, ORG, f).events]
+    def _page(self, f) -> list:  # as the page reads it: only the columns its table shows
+        return [(e["event_id"], e["timestamp"]) for e in queries.list_events(
+            self.client, ORG, f, columns=queries.PAGE_COLUMNS).events]
 
     def cards(self):
         r = queries.summary(self.client, ORG, now=self.s.now)

@@ -207,6 +207,7 @@ class Agent:
             except SpoolError as exc:  # a full disk: this line and the rest wait in the file
                 f.offset += start
                 f.partial = b""
+                self.lines_read -= 1  # that line is read again at the next poll
                 if self.spool_error is None:
                     log.warning("the spool cannot take events; reading waits until it can",
                                 extra={"error": str(exc), "path": f.path})

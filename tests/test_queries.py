@@ -410,6 +410,37 @@ def test_keyset_pages_equal_the_full_order_with_timestamp_ties(store):
     assert stamps == sorted(stamps, reverse=True)
 
 
+def test_the_page_reads_its_columns_only_and_gets_the_same_events(seeded):
+    store, _ = seeded
+    for args in [{}, {"status": "failure", "per_page": "50"}, {"q": "example", "per_page": "100"}]:
+        f, cursor = parse_filters(args), None
+        while True:
+            whole = Q.list_events(store.client, "org-a", replace(f, cursor=cursor))
+            narrow = Q.list_events(store.client, "org-a", replace(f, cursor=cursor),
+                                   columns=Q.PAGE_COLUMNS)
+            assert narrow.next_cursor == whole.next_cursor
+            assert narrow.events == [{k: e[k] for k in (*Q.PAGE_COLUMNS, "action_label")}
+                                     for e in whole.events]
+            if whole.next_cursor is None:
+                break
+            cursor = Q.decode_cursor(whole.next_cursor)
+    sql, _ = Q.events_query("org-a", Filters(), None, 26, Q.PAGE_COLUMNS)
+    assert "details" not in sql and "user_agent" not in sql
+
+
+def test_the_page_template_shows_only_what_its_query_reads():
+    # A field the query does not read would render as an empty cell, silently.
+    import re
+    from pathlib import Path
+
+    import upmetr_audit.web as web_pkg
+
+    template = (Path(web_pkg.__file__).parent / "templates" / "audit.html").read_text()
+    table = template[template.index('<table class="events">'):template.index("</table>")]
+    used = set(re.findall(r"\be\.(\w+)", table))
+    assert used and used <= {*Q.PAGE_COLUMNS, "action_label"}, used
+
+
 def _granules(client, sql, params) -> tuple[int, int]:
     """(selected, total) granules of the primary-key step of EXPLAIN indexes=1."""
     rows = client.query("EXPLAIN indexes=1 " + sql, parameters=params).result_rows

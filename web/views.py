@@ -60,7 +60,7 @@ def index():
         error, status, filters = exc, 400, queries.Filters()
     org = g.org.org_id
     _audited("/audit", filters)
-    page = queries.list_events(client(), org, filters)
+    page = queries.list_events(client(), org, filters, columns=queries.PAGE_COLUMNS)
     return render_template(
         "audit.html", org=g.org, filters=filters, error=error, page=page,
         cards=queries.summary(client(), org, tz=g.org.timezone),
