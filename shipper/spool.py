@@ -22,7 +22,8 @@ a new segment, so nothing is ever appended after a torn tail.
 A full disk must not tear a frame in the middle of a segment: the frames
 after it would be skipped with it. Each segment's disk space is reserved when
 it is created (``fallocate`` keeping the file's size; given back when it is
-sealed), so appends into it cannot run out of space; a disk that is already
+sealed, or by the next run after a kill), so appends into it cannot run out
+of space; a disk that is already
 full fails the reservation, and that segment takes only locked appends. A
 write that still stops part-way fails its append and seals the segment, so
 the next append starts a new one after the partial frame.
@@ -166,6 +167,8 @@ class Spool:
         for s in segments:
             if s < self._cursor.segment:
                 self._unlink(s)
+            else:  # a run that did not close its spool left the segment's reserved blocks
+                self._give_back_reserved(self._path(s), self._sizes[s])
         # _sizes: the segments no longer written (this run's and earlier ones')
         self._seg = self._new_segment(max([*segments, self._cursor.segment, 0]) + 1)
         self._read_pos = self._cursor
@@ -197,6 +200,15 @@ class Spool:
                                         f"{exc.strerror}") from None
         # The slack covers the size estimate's lost additions (interval sync).
         return _Segment(seq, fd, _reserve(fd, self.segment_bytes + 64 * 1024))
+
+    @staticmethod
+    def _give_back_reserved(path: str, size: int) -> None:
+        """Free the blocks reserved beyond a segment's end (truncating a file
+        to its own size does, and changes nothing else)."""
+        try:
+            os.truncate(path, size)
+        except OSError:
+            pass
 
     def _fsync_dir(self) -> None:
         dfd = os.open(self.directory, os.O_RDONLY)
@@ -318,10 +330,7 @@ class Spool:
             time.sleep(0)
         size = os.fstat(seg.fd).st_size
         if seg.reserved:
-            try:
-                os.ftruncate(seg.fd, size)  # give back the reserved blocks it did not use
-            except OSError:
-                pass
+            self._give_back_reserved(self._path(seg.seq), size)
         if self.fsync:
             os.fsync(seg.fd)
         self._sizes[seg.seq] = size

@@ -197,6 +197,33 @@ def test_interval_sync_appends_survive_a_sigkill_of_the_process(tmp_path):
     spool.close()
 
 
+def test_reserved_space_is_given_back_when_a_segment_is_sealed_or_found_after_a_kill(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    def on_disk(name):
+        return os.stat(tmp_path / name).st_blocks * 512
+
+    spool = Spool(tmp_path, segment_bytes=1 << 20, sync_interval_s=0.05)
+    first = segments(tmp_path)[-1]
+    assert on_disk(first) >= 1 << 20  # reserved while it is written
+    spool.append(b"x" * 100)
+    spool.close()
+    assert on_disk(first) <= 4096  # sealed: back to what it holds
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path), "10"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "appended"
+    killed = segments(tmp_path)[-1]
+    assert on_disk(killed) >= 8 << 20  # the killed run's segment keeps its reservation...
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    spool = Spool(tmp_path)
+    assert on_disk(killed) <= 4096  # ...until the next run opens the spool
+    assert len(drain(spool)) == 11
+    spool.close()
+
+
 # -- interval sync: appends without a lock -----------------------------------------
 
 
