@@ -23,10 +23,10 @@ A full disk must not tear a frame in the middle of a segment: the frames
 after it would be skipped with it. Each segment's disk space is reserved when
 it is created (``fallocate`` keeping the file's size; given back when it is
 sealed, or by the next run after a kill), so appends into it cannot run out
-of space; a disk that is already
-full fails the reservation, and that segment takes only locked appends. A
-write that still stops part-way fails its append and seals the segment, so
-the next append starts a new one after the partial frame.
+of space; a disk that is already full fails the reservation, and that
+segment takes only locked appends. A write that still stops part-way fails
+its append and seals the segment, so the next append starts a new one after
+the partial frame.
 
 With ``sync_interval_s`` > 0 an append takes no lock: every emitting thread
 passes here, and a lock they contend makes CPython threads queue behind the
