@@ -115,6 +115,44 @@ class GatedExporter:
         self.inner.export(batches)
 
 
+#: Defined for the scripts of :func:`run_on_a_small_disk`.
+_SMALL_DISK_PRELUDE = r"""
+def fill(path):  # write ``path`` until the disk is full
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"b" * 4096)
+        except OSError:
+            pass
+"""
+
+
+def run_on_a_small_disk(tmp_path, script: str, *args: str, size: str = "512k"):
+    """Run the Python ``script`` with a real disk of ``size`` of its own: a
+    tmpfs mounted in a private mount namespace, given as ``sys.argv[1]``
+    (``args`` follow), with ``fill(path)`` defined. Returns what the script
+    prints, parsed as JSON. Skips without root and unshare(1), which CI here has."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    if os.geteuid() != 0 or not shutil.which("unshare") or subprocess.run(
+            ["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root and unshare(1) to mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         f'mount -t tmpfs -o size={size} tmpfs "$1" && shift && exec "$@"', "sh",
+         str(disk), sys.executable, "-c", _SMALL_DISK_PRELUDE + script, str(disk), *args],
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 def wait_for(predicate, timeout_s=20.0):
     deadline = time.monotonic() + timeout_s
     while not predicate():

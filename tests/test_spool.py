@@ -10,6 +10,8 @@ import pytest
 from upmetr_audit.shipper.durable import MemoryQueue
 from upmetr_audit.shipper.spool import Spool, SpoolError, SpoolFullError
 
+from helpers import run_on_a_small_disk
+
 
 def drain(spool, n=1000):
     out = []
@@ -471,15 +473,6 @@ from upmetr_audit.shipper.spool import Spool, SpoolError
 disk = sys.argv[1]  # a 512 KiB tmpfs of its own
 spool = Spool(os.path.join(disk, "spool"), segment_bytes=100 * 1024, max_bytes=1 << 20,
               sync_interval_s=0.05)
-
-def fill(path):
-    with open(path, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"b" * 4096)
-        except OSError:
-            pass
-
 fill(os.path.join(disk, "ballast"))  # the disk is full now
 ok, errors = [], []
 for i in range(2500):
@@ -505,24 +498,7 @@ print(json.dumps({"ok": ok, "errors": errors, "read": read}))
 
 
 def test_a_full_disk_fails_appends_cleanly_and_loses_none_that_returned(tmp_path):
-    # A real full disk: a small tmpfs mounted in a mount namespace of its own
-    # (needs root, as CI has here).
-    import shutil
-    import subprocess
-    import sys
-
-    if os.geteuid() != 0 or not shutil.which("unshare") or subprocess.run(
-            ["unshare", "-m", "true"], capture_output=True).returncode != 0:
-        pytest.skip("needs root and unshare(1) to mount a small tmpfs")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    out = subprocess.run(
-        ["unshare", "-m", "sh", "-c",
-         'mount -t tmpfs -o size=512k tmpfs "$1" && exec "$2" -c "$3" "$1"', "sh",
-         str(disk), sys.executable, FULL_DISK],
-        capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+    result = run_on_a_small_disk(tmp_path, FULL_DISK)  # a real full disk
     ok, errors = result["ok"], dict(result["errors"])
     # The first segment's space was reserved when the spool opened: its
     # appends succeed on the full disk (100 KiB of 110-byte frames).
