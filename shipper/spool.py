@@ -98,14 +98,16 @@ if _fallocate is not None:
 _FALLOC_FL_KEEP_SIZE = 1
 
 
-def _reserve(fd: int, nbytes: int) -> bool:
+def _reserve(fd: int, nbytes: int) -> str:
     """Reserve disk blocks for the next ``nbytes`` of an empty file without
     changing its size (Linux ``fallocate(FALLOC_FL_KEEP_SIZE)``), so appends
-    into them cannot run out of space part-way. False where the disk is full
-    or the file system cannot reserve."""
+    into them cannot run out of space part-way. Returns "" when reserved, or
+    why not: the disk is full, or the file system cannot reserve."""
     if _fallocate is None:
-        return False
-    return _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, nbytes) == 0
+        return "this system has no fallocate(2)"
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, nbytes) == 0:
+        return ""
+    return os.strerror(ctypes.get_errno())
 
 
 class _Segment:
@@ -160,6 +162,7 @@ class Spool:
         self._sync_cond = threading.Condition()     # guards the group fsync
         self._syncing = False
         self._written = 0                           # bytes appended by this run
+        self._reserving = True                      # did the last segment reserve its space?
         self._synced = 0
         self._cursor = self._load_cursor()
         segments = self._segments()
@@ -199,7 +202,15 @@ class Spool:
             raise SpoolError(exc.errno, f"cannot create a spool segment in {self.directory}: "
                                         f"{exc.strerror}") from None
         # The slack covers the size estimate's lost additions (interval sync).
-        return _Segment(seq, fd, _reserve(fd, self.segment_bytes + 64 * 1024))
+        why_not = _reserve(fd, self.segment_bytes + 64 * 1024)
+        if why_not and self._reserving:
+            log.warning("spool %s: cannot reserve disk space for a new segment (%s); appends "
+                        "take the lock, one at a time, until space can be reserved again",
+                        self.directory, why_not)
+        elif not why_not and not self._reserving:
+            log.warning("spool %s: disk space reserved again for a new segment", self.directory)
+        self._reserving = not why_not
+        return _Segment(seq, fd, reserved=not why_not)
 
     @staticmethod
     def _give_back_reserved(path: str, size: int) -> None:

@@ -468,9 +468,14 @@ def test_a_write_cut_short_fails_that_append_and_loses_no_other(tmp_path, interv
 
 
 FULL_DISK = r"""
-import json, os, sys
+import json, logging, os, sys
 from upmetr_audit.shipper.spool import Spool, SpoolError
 disk = sys.argv[1]  # a 512 KiB tmpfs of its own
+warnings = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        warnings.append(record.getMessage())
+logging.getLogger("upmetr_audit.shipper.spool").addHandler(Keep(logging.WARNING))
 spool = Spool(os.path.join(disk, "spool"), segment_bytes=100 * 1024, max_bytes=1 << 20,
               sync_interval_s=0.05)
 fill(os.path.join(disk, "ballast"))  # the disk is full now
@@ -493,7 +498,7 @@ while True:
     read.extend(int(p[:5]) for p in payloads)
     spool.ack(pos)
 spool.close()
-print(json.dumps({"ok": ok, "errors": errors, "read": read}))
+print(json.dumps({"ok": ok, "errors": errors, "read": read, "warnings": warnings}))
 """
 
 
@@ -510,3 +515,9 @@ def test_a_full_disk_fails_appends_cleanly_and_loses_none_that_returned(tmp_path
     assert any("is the disk full?" in e for e in errors.values())
     assert ok[-500:] == list(range(2000, 2500))  # space again: appends succeed
     assert result["read"] == ok  # every append that returned is delivered, in order
+    # Losing the reservation (slower, locked appends) is said once, and so is
+    # getting it back, however many segments the full disk went through.
+    said = [w for w in result["warnings"] if "reserve" in w]
+    assert len(said) == 2, result["warnings"]
+    assert "cannot reserve disk space" in said[0] and "No space left on device" in said[0]
+    assert "reserved again" in said[1]
