@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import time
 
+from clickhouse_connect.driver.exceptions import OperationalError
+
 from . import schema
 from .metrics import Metrics
 from .processors import Batch
 
 #: Event ids per de-duplication query (one parameter of 5000 numbers of up to 39 digits).
 _IDS_PER_QUERY = 5000
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ClickHouse could not be reached (or the connection broke),
+    as opposed to ClickHouse or the client refusing what was sent."""
+    return isinstance(exc, (OperationalError, ConnectionError, TimeoutError))
 
 
 class ClickHouseExporter:

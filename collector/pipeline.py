@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 
+from .exporters import is_unreachable
 from .metrics import Metrics
 from .processors import Batch
 
@@ -139,19 +140,41 @@ class Pipeline:
 
     def _run(self) -> None:
         while (group := self._take()) is not None:
-            error = None
-            try:
-                self.exporter.export([p.batch for p in group])
-            except Exception as exc:  # noqa: BLE001 - every failure goes back to the clients
-                log.warning("commit to ClickHouse failed", extra={"error": str(exc)})
-                error = exc
+            errors = self._commit(group)
             with self._cond:
                 for p in group:
                     self._queued_records -= len(p.batch.rows)
                 self.metrics.queue_records.set(self._queued_records)
-            for p in group:
+            for p, error in zip(group, errors, strict=True):
                 p.error = error
                 p.done.set()
+
+    def _commit(self, group: list[_Pending]) -> list[BaseException | None]:
+        """Commit the group in one INSERT; each request's error, or None.
+
+        One request's rows can fail the INSERT of the whole group (a value
+        ClickHouse refuses). Its neighbours must not pay for it, so after a
+        failed group each request is committed on its own, and fails or
+        succeeds by itself; not when ClickHouse could not be reached, which
+        would fail each of them again. The exporter's de-dup skips whatever
+        part of the failed INSERT was committed after all.
+        """
+        try:
+            self.exporter.export([p.batch for p in group])
+            return [None] * len(group)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the clients
+            log.warning("commit to ClickHouse failed", extra={"error": str(exc)})
+            if len(group) == 1 or is_unreachable(exc):
+                return [exc] * len(group)
+        errors: list[BaseException | None] = []
+        for p in group:
+            try:
+                self.exporter.export([p.batch])
+                errors.append(None)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("commit of one request to ClickHouse failed", extra={"error": str(exc)})
+                errors.append(exc)
+        return errors
 
     def shutdown(self, timeout_s: float = 30.0) -> bool:
         """Stop accepting, commit what is queued, stop the writer. Idempotent."""

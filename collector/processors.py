@@ -78,11 +78,13 @@ def to_batch(request, now_ns: int | None = None) -> Batch:
                 if ts > _INT64_MAX:  # beyond DateTime64(9): keep it, as an absurd time
                     ts = 1
                 reason = reject_reason(event_name, attrs, ts, now_ns)
-                severity = rec.severity_number
+                severity = rec.severity_number  # an open enum: any int32; the column is UInt8
+                if not 0 <= severity <= 255:
+                    severity = 0 if severity < 0 else 255
                 body = rec.body
                 rows_append([
                     ts, hex_id(rec.trace_id), hex_id(rec.span_id), rec.flags & 0xFF,
-                    rec.severity_text, severity if severity < 255 else 255, service,
+                    rec.severity_text, severity, service,
                     body.string_value or any_to_str(body), resource_schema, resource_attrs,
                     scope_schema, scope_name, scope_version, scope_attrs, attrs, event_name,
                 ])

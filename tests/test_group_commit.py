@@ -118,4 +118,20 @@ def test_a_commit_that_fails_fails_every_request_of_its_group(make_pipeline, sto
     for pending in queued:
         with pytest.raises(ExportFailed):
             pipeline.wait(pending, 20)
-    assert exporter.groups == [1, 2]
+    assert exporter.groups == [1, 2, 1, 1]  # the group, then each request on its own
+
+
+def test_a_request_clickhouse_refuses_fails_alone_and_its_group_is_committed(make_pipeline, store):
+    pipeline, exporter = make_pipeline(group_wait_s=60, max_batch_records=3)
+    first = hold_first_commit(pipeline, exporter)
+    poisoned = batch()
+    poisoned.rows[0][5] = -1  # a value the UInt8 SeverityNumber column cannot hold
+    queued = [pipeline.submit(batch()), pipeline.submit(poisoned), pipeline.submit(batch())]
+    exporter.gate.set()
+    first.join(10)
+    pipeline.wait(queued[0], 20)
+    with pytest.raises(ExportFailed, match="SeverityNumber"):
+        pipeline.wait(queued[1], 20)
+    pipeline.wait(queued[2], 20)
+    assert exporter.groups == [1, 3, 1, 1, 1]
+    assert count(store) == 3  # the first request and the poisoned one's two neighbours

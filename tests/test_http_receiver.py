@@ -67,6 +67,19 @@ def test_zero_time_falls_back_to_observed_time(collector, store):
     assert int(row["timestamp"].timestamp() * 1e6) == observed // 1000
 
 
+@pytest.mark.parametrize("severity", [-3, -(2**31), 256, 2**31 - 1])
+def test_a_severity_number_outside_0_to_255_is_stored_not_a_failed_commit(collector, store, severity):
+    # proto3 enums are open: any int32 decodes, and the ingest column is UInt8.
+    req = otlp_request([{"attrs": audit_attrs()}])
+    req.resource_logs[0].scope_logs[0].log_records[0].severity_number = severity
+    assert post(collector.logs_url, req.SerializeToString())[0] == 200
+    record = json_body([{"severityNumber": severity, "eventName": "upmetr.audit.auth.login",
+                         "timeUnixNano": str(time.time_ns()), "attributes": json_attrs(audit_attrs())}])
+    status, _, body = post(collector.logs_url, to_json(record), content_type="application/json")
+    assert (status, json.loads(body)) == (200, {})
+    assert count(store) == 2
+
+
 def test_gzip_and_deflate_bodies_are_accepted(collector, store):
     for encoding, compress in (("gzip", gzip.compress), ("deflate", zlib.compress)):
         body = compress(otlp_request([{"attrs": audit_attrs()}]).SerializeToString())
