@@ -88,6 +88,24 @@ def test_gzip_and_deflate_bodies_are_accepted(collector, store):
     assert count(store) == 2
 
 
+def test_every_member_of_a_multi_member_gzip_body_is_read(collector, store):
+    members = [gzip.compress(otlp_request([{"attrs": audit_attrs()} for _ in range(n)]).SerializeToString())
+               for n in (1, 2)]  # two protobuf messages one after the other are one, merged
+    status, _, body = post(collector.logs_url, b"".join(members),
+                           headers={"Content-Encoding": "gzip"})
+    assert (status, body) == (200, b"")
+    assert count(store) == 3
+
+
+@pytest.mark.parametrize("encoding, compress", [("gzip", gzip.compress), ("deflate", zlib.compress)])
+def test_data_after_the_compressed_body_is_refused_not_ignored(collector, store, encoding, compress):
+    body = compress(otlp_request([{"attrs": audit_attrs()}]).SerializeToString()) + b"trailing"
+    status, _, reply = post(collector.logs_url, body, headers={"Content-Encoding": encoding})
+    assert status == 400
+    assert encoding.encode() in status_pb2.Status.FromString(reply).message.encode()
+    assert count(store) == 0
+
+
 def test_invalid_records_get_partial_success_and_are_quarantined(collector, store):
     good = audit_attrs()
     req = otlp_request([

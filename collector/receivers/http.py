@@ -26,17 +26,29 @@ class PayloadTooLarge(Exception):
 
 
 def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    """Decompress at most ``limit`` bytes; a bigger (or bomb) payload raises."""
-    d = zlib.decompressobj(_DECODERS[encoding])
-    try:
-        out = d.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise otlp.DecodeFailed(f"invalid {encoding} body: {exc}") from None
-    if len(out) > limit:
-        raise PayloadTooLarge()
-    if not d.eof:
-        raise otlp.DecodeFailed(f"truncated {encoding} body")
-    return out
+    """Decompress at most ``limit`` bytes; a bigger (or bomb) payload raises.
+
+    A gzip body may hold several members one after another (RFC 1952, what
+    ``cat a.gz b.gz`` makes): each is read, as Go's and Python's readers do.
+    Anything else after the end of the data is an error, not ignored.
+    """
+    out = bytearray()
+    rest = body
+    while True:
+        d = zlib.decompressobj(_DECODERS[encoding])
+        try:
+            out += d.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise otlp.DecodeFailed(f"invalid {encoding} body: {exc}") from None
+        if len(out) > limit:
+            raise PayloadTooLarge()
+        if not d.eof:
+            raise otlp.DecodeFailed(f"truncated {encoding} body")
+        rest = d.unused_data
+        if not rest:
+            return bytes(out)
+        if encoding != "gzip":
+            raise otlp.DecodeFailed(f"data after the end of the {encoding} body")
 
 
 class OTLPHttpApp:
