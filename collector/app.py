@@ -91,7 +91,9 @@ class Collector:
 
     def ingest(self, request) -> Batch:
         """Route, convert and commit one export request; returns its batch
-        (for the partial-success answer). Raises QueueFull or ExportFailed."""
+        (for the partial-success answer). Raises DecodeFailed (a request
+        that decoded but is invalid: an id of the wrong length), QueueFull or
+        ExportFailed."""
         if not self.ready:
             raise QueueFull("the collector is not accepting writes (starting or shutting down)")
         batch = to_batch(request)

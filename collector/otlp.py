@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
@@ -26,6 +27,9 @@ class DecodeFailed(ValueError):
     """The body is not a valid ExportLogsServiceRequest in its content type."""
 
 
+_HEX = re.compile(r"[0-9a-fA-F]*")
+
+
 def _hex_ids_to_base64(request: dict) -> None:
     """OTLP JSON carries traceId/spanId as hex; protobuf JSON expects base64."""
     for rl in _list(request, "resourceLogs"):
@@ -38,12 +42,9 @@ def _hex_ids_to_base64(request: dict) -> None:
                     if value is None or value == "":
                         rec.pop(key, None)
                         continue
-                    if not isinstance(value, str) or len(value) != size * 2:
-                        raise DecodeFailed(f"{key} must be {size * 2} hex digits")
-                    try:
-                        rec[key] = base64.b64encode(bytes.fromhex(value)).decode()
-                    except ValueError:
-                        raise DecodeFailed(f"{key} is not hex: {value!r}") from None
+                    if not isinstance(value, str) or not _HEX.fullmatch(value) or len(value) != size * 2:
+                        raise DecodeFailed(f"{key} must be {size * 2} hex digits, not {value!r}")
+                    rec[key] = base64.b64encode(bytes.fromhex(value)).decode()
 
 
 def _list(obj, key: str) -> list:
@@ -95,6 +96,13 @@ def encode_status(content_type: str, message: str, retry_after_s: int | None = N
     return status.SerializeToString()
 
 
-def hex_id(raw: bytes) -> str:
-    """Lowercase hex of a trace/span id; "" when empty or all zero bytes."""
-    return raw.hex() if raw.strip(b"\0") else ""
+def hex_id(raw: bytes, size: int) -> str:
+    """Lowercase hex of a trace (16 bytes) or span (8 bytes) id; "" when
+    empty or all zero bytes. Any other length makes the request invalid, as
+    it does for the OTel Collector (pdata refuses to decode it)."""
+    if not raw.strip(b"\0"):
+        return ""
+    if len(raw) != size:
+        raise DecodeFailed(f"a {'trace' if size == 16 else 'span'} id must be {size} bytes, "
+                           f"not {len(raw)}")
+    return raw.hex()

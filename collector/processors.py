@@ -83,7 +83,7 @@ def to_batch(request, now_ns: int | None = None) -> Batch:
                     severity = 0 if severity < 0 else 255
                 body = rec.body
                 rows_append([
-                    ts, hex_id(rec.trace_id), hex_id(rec.span_id), rec.flags & 0xFF,
+                    ts, hex_id(rec.trace_id, 16), hex_id(rec.span_id, 8), rec.flags & 0xFF,
                     rec.severity_text, severity, service,
                     body.string_value or any_to_str(body), resource_schema, resource_attrs,
                     scope_schema, scope_name, scope_version, scope_attrs, attrs, event_name,

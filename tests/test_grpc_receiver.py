@@ -23,6 +23,15 @@ def test_undecodable_body_is_invalid_argument(collector, store):
     assert count(store) == 0
 
 
+def test_a_trace_id_of_the_wrong_length_is_invalid_argument(collector, store):
+    req = otlp_request([{"attrs": audit_attrs()}, {"attrs": audit_attrs(), "trace_id": b"\x01" * 17}])
+    with pytest.raises(grpc.RpcError) as err:
+        call(collector, req.SerializeToString())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "trace id must be 16 bytes, not 17" in err.value.details()
+    assert count(store) == 0
+
+
 @pytest.mark.parametrize("token", [None, "nope"])
 def test_missing_or_wrong_token_is_unauthenticated(collector, store, token):
     with pytest.raises(grpc.RpcError) as err:

@@ -142,6 +142,14 @@ BAD_REQUESTS = [
      to_json(json_body([{"traceId": "zz" * 16, "eventName": "upmetr.audit.auth.login"}])), {}, 400),
     ("json short span id", "application/json",
      to_json(json_body([{"spanId": "abcd", "eventName": "upmetr.audit.auth.login"}])), {}, 400),
+    ("json hex trace id with spaces", "application/json",
+     to_json(json_body([{"traceId": "00112233 44556677 8899aabbccddee",
+                         "eventName": "upmetr.audit.auth.login"}])), {}, 400),
+    ("protobuf 15-byte trace id", PB, otlp_request([{"attrs": audit_attrs()}, {
+        "attrs": audit_attrs(), "trace_id": b"\x01" * 15}]).SerializeToString(), {}, 400),
+    ("protobuf 9-byte span id", PB, otlp_request([{"attrs": audit_attrs()}, {
+        "attrs": audit_attrs(), "trace_id": b"\x01" * 16, "span_id": b"\x01" * 9}]).SerializeToString(),
+     {}, 400),
     ("bad gzip", PB, b"not gzip at all", {"Content-Encoding": "gzip"}, 400),
     ("truncated gzip", PB, gzip.compress(b"x" * 1000)[:20], {"Content-Encoding": "gzip"}, 400),
     ("unknown encoding", PB, b"", {"Content-Encoding": "br"}, 415),

@@ -60,6 +60,8 @@ class GrpcReceiver:
             self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             batch = self.collector.ingest(request)
+        except otlp.DecodeFailed as exc:
+            self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except (QueueFull, ExportFailed) as exc:
             self._fail(context, grpc.StatusCode.UNAVAILABLE, f"not committed, retry later: {exc}",
                        retry=True)

@@ -136,6 +136,8 @@ class OTLPHttpApp:
             return self._error(start_response, "400 Bad Request", ctype, str(exc))
         try:
             batch = self.collector.ingest(request)
+        except otlp.DecodeFailed as exc:
+            return self._error(start_response, "400 Bad Request", ctype, str(exc))
         except (QueueFull, ExportFailed) as exc:
             return self._error(start_response, "503 Service Unavailable", ctype,
                                f"not committed, retry later: {exc}", retry=True)
