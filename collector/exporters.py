@@ -2,8 +2,10 @@
 
 It de-duplicates first. The idempotency key is the event id
 (``log.record.uid``), whatever the org: a record whose id is already stored
-(with a timestamp in the group's time range: a retry carries the same record),
-or that appears twice in one group, is acknowledged without being written again.
+(with a timestamp in the group's time range: a retry carries the same record
+and time; at any time for a record sent without a time, which is stored with
+the time it was received), or that appears twice in one group, is
+acknowledged without being written again.
 The exporter is driven by one writer thread (see ``pipeline``), so the check
 and the insert cannot race with each other inside one collector.
 """
@@ -43,8 +45,10 @@ class ClickHouseExporter:
             self._column_types = [described[name] for name in schema.INGEST_COLUMNS]
         return self._column_types
 
-    def _stored_ids(self, ids: list[str], first_ns: int, last_ns: int) -> set[str]:
-        """The ids among ``ids`` already stored with a timestamp in [first, last].
+    def _stored_ids(self, ids: list[str], first_ns: int | None = None,
+                    last_ns: int | None = None) -> set[str]:
+        """The ids among ``ids`` already stored with a timestamp in [first, last]
+        (with any timestamp when no range is given).
 
         A retry carries the same record, hence the same timestamp: bounding the
         lookup by the group's time range lets ClickHouse read only the
@@ -57,16 +61,18 @@ class ClickHouseExporter:
         ``UUIDNumToString`` reads big-endian. Chunks keep each query small.
         """
         found: set[str] = set()
+        when, bounds = "", {}
+        if first_ns is not None and last_ns is not None:
+            when = ("timestamp BETWEEN fromUnixTimestamp64Micro({first:Int64}, 'UTC') "
+                    "AND fromUnixTimestamp64Micro({last:Int64}, 'UTC') AND ")
+            bounds = {"first": first_ns // 1000, "last": last_ns // 1000}
         for i in range(0, len(ids), _IDS_PER_QUERY):
             result = self.client.query(
-                f"SELECT toString(event_id) FROM {schema.EVENTS_TABLE} "
-                "WHERE timestamp BETWEEN fromUnixTimestamp64Micro({first:Int64}, 'UTC') "
-                "AND fromUnixTimestamp64Micro({last:Int64}, 'UTC') "
-                "AND event_id IN (SELECT toUUID(UUIDNumToString(reverse(reinterpretAsFixedString("
+                f"SELECT toString(event_id) FROM {schema.EVENTS_TABLE} WHERE {when}"
+                "event_id IN (SELECT toUUID(UUIDNumToString(reverse(reinterpretAsFixedString("
                 "arrayJoin({ids:Array(UInt128)}))))))",
                 parameters={"ids": [int(key.replace("-", ""), 16)
-                                    for key in ids[i:i + _IDS_PER_QUERY]],
-                            "first": first_ns // 1000, "last": last_ns // 1000},
+                                    for key in ids[i:i + _IDS_PER_QUERY]], **bounds},
             )
             found.update(row[0] for row in result.result_rows)
         return found
@@ -85,9 +91,15 @@ class ClickHouseExporter:
                 else:
                     valid.append((row, key))
         seen: set[str] = set()
-        if valid:
-            times = [row[0] for row, _ in valid]
-            seen = self._stored_ids(list({key for _, key in valid}), min(times), max(times))
+        undated = set().union(*(batch.undated for batch in batches))
+        dated = [(row, key) for row, key in valid if key not in undated]
+        if dated:
+            times = [row[0] for row, _ in dated]
+            seen = self._stored_ids(list({key for _, key in dated}), min(times), max(times))
+        if undated:
+            # A record sent without a time is stored with the time it was
+            # received, so its resend has another: look its id up at any time.
+            seen |= self._stored_ids(list(undated))
         accepted = 0
         for row, event_id in valid:
             if event_id not in seen:

@@ -33,6 +33,9 @@ class Batch:
     #: 8-4-4-4-12) UUID text so that two spellings of one UUID are one key;
     #: ``None`` for a refused record.
     keys: list[str | None] = field(default_factory=list)
+    #: The keys of the valid records that carried no time at all: their
+    #: timestamp is the time they were received, so a resend has another.
+    undated: set[str] = field(default_factory=set)
     rejected: Counter = field(default_factory=Counter)
     ignored: int = 0
 
@@ -74,7 +77,12 @@ def to_batch(request, now_ns: int | None = None) -> Batch:
                     ignored += 1
                     continue
                 attrs = attrs_to_dict(rec.attributes)
-                ts = rec.time_unix_nano or rec.observed_time_unix_nano or now_ns
+                ts = rec.time_unix_nano or rec.observed_time_unix_nano
+                if not ts:
+                    ts = now_ns
+                    undated = True
+                else:
+                    undated = False
                 if ts > _INT64_MAX:  # beyond DateTime64(9): keep it, as an absurd time
                     ts = 1
                 reason = reject_reason(event_name, attrs, ts, now_ns)
@@ -89,7 +97,10 @@ def to_batch(request, now_ns: int | None = None) -> Batch:
                     scope_schema, scope_name, scope_version, scope_attrs, attrs, event_name,
                 ])
                 if reason is None:
-                    keys_append(attrs[id_key].lower())  # the contract admits only 8-4-4-4-12 hex
+                    key = attrs[id_key].lower()  # the contract admits only 8-4-4-4-12 hex
+                    keys_append(key)
+                    if undated:
+                        batch.undated.add(key)
                 else:
                     keys_append(None)
                     rejected[reason] += 1

@@ -21,6 +21,16 @@ def test_resent_batch_is_acknowledged_and_not_stored_twice(collector, store):
     assert collector.summary()["duplicates"] == 100
 
 
+def test_a_record_sent_without_any_time_is_stored_once_however_often_it_is_resent(collector, store):
+    # Stored with the time it was received, so each resend has another time.
+    body = otlp_request([{"attrs": audit_attrs(), "time_unix_nano": 0,
+                          "observed_time_unix_nano": 0}]).SerializeToString()
+    for _ in range(3):
+        assert post(collector.logs_url, body)[0] == 200
+    assert invariant(store) == (1, 1)
+    assert collector.summary()["duplicates"] == 2
+
+
 def test_duplicate_inside_one_request_is_stored_once(collector, store):
     attrs = audit_attrs()
     body = otlp_request([{"attrs": attrs}, {"attrs": attrs}]).SerializeToString()
