@@ -116,6 +116,11 @@ def tables() -> list[Table]:
     return out
 
 
+def views() -> set[str]:
+    """The names of the materialized views the migrations create."""
+    return {m["name"] for stmt in plain_statements() if (m := _CREATE_VIEW.fullmatch(stmt))}
+
+
 def ingest_sharding_key() -> str:
     """The org of an ingest row, exactly as the view stores it in ``org_id``."""
     return f"cityHash64({schema.EVENT_COLUMNS_SQL['org_id']})"
@@ -141,6 +146,7 @@ class _Rewriter:
         self.cluster = check_cluster_name(cluster)
         self.on = f"ON CLUSTER {self.cluster}"
         self.tables = {t.name: t for t in tables()}
+        self.views = views()
         local = [n for n, t in self.tables.items() if t.placement in (SHARDED, INGEST)]
         self._local_ref = (re.compile(rf"\b{DB}\.({'|'.join(map(re.escape, local))})(?!\w)")
                            if local else None)
@@ -176,6 +182,8 @@ class _Rewriter:
                 f"AS{self.localize(m['select'])}"]
 
     def alter(self, m: re.Match) -> list[str]:
+        if m["name"] in self.views:  # MODIFY QUERY: the views exist on every shard
+            return [f"ALTER TABLE {DB}.{m['name']} {self.on} {self.localize(m['action'])}"]
         t = self.tables.get(m["name"])
         if t is None:
             raise ClusterSchemaError(f"ALTER of unknown table {DB}.{m['name']}")

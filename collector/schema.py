@@ -43,6 +43,26 @@ def _attr(name: str) -> str:
     return f"LogAttributes['{name}']"
 
 
+def _regex(pattern: str) -> str:
+    """An RE2 pattern as an SQL string literal."""
+    return "'" + pattern.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+#: The dotted quad at the end of an IPv6 address (``::ffff:1.2.3.4``).
+_EMBEDDED_IPV4 = _regex(r":((?:[0-9]+\.){3}[0-9]+)$")
+#: An octet with a leading zero, which Python's ipaddress refuses.
+_LEADING_ZERO_OCTET = _regex(r"(^|\.)0[0-9]")
+#: A JSON string, to be removed before counting the brackets outside strings.
+_JSON_STRING = _regex(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = _regex(r"[\[\]{}]")
+
+
+def _json_depth(text: str) -> str:
+    """How deeply objects and arrays nest in valid JSON ``text`` (contract.json_depth)."""
+    brackets = f"extractAll(replaceRegexpAll({text}, {_JSON_STRING}, ''), {_BRACKET})"
+    return f"arrayMax(arrayCumSum(arrayMap(b -> if(b IN ('{{', '['), 1, -1), {brackets})))"
+
+
 _ACTION = f"substring(EventName, {len(EVENT_NAME_PREFIX) + 1})"
 _NEEDS_RESOURCE = f"{_ACTION} IN (SELECT action FROM {CATALOG_TABLE} WHERE resource_type != '')"
 
@@ -61,14 +81,17 @@ REJECT_RULES: tuple[tuple[str, str], ...] = (
      f"{_NEEDS_RESOURCE} AND ({_ACTION}, {_attr(c.RESOURCE_TYPE)}) NOT IN "
      f"(SELECT action, resource_type FROM {CATALOG_TABLE})"),
     (c.Reason.MALFORMED_IP,
-     f"{_attr(c.CLIENT_ADDRESS)} != '' AND NOT (isIPv4String({_attr(c.CLIENT_ADDRESS)})"
-     f" OR isIPv6String({_attr(c.CLIENT_ADDRESS)}))"),
+     f"{_attr(c.CLIENT_ADDRESS)} != '' AND (NOT (isIPv4String({_attr(c.CLIENT_ADDRESS)})"
+     f" OR isIPv6String({_attr(c.CLIENT_ADDRESS)})) OR match(extract("
+     f"{_attr(c.CLIENT_ADDRESS)}, {_EMBEDDED_IPV4}), {_LEADING_ZERO_OCTET}))"),
     (c.Reason.ABSURD_TIMESTAMP,
      f"Timestamp < fromUnixTimestamp64Nano(toInt64({c.MIN_TIMESTAMP_NS}), 'UTC') OR "
      f"Timestamp > now64(9) + toIntervalNanosecond({c.MAX_FUTURE_NS})"),
     (c.Reason.INVALID_CHANGES,
      f"{_attr(c.CHANGES)} != '' AND NOT (isValidJSON({_attr(c.CHANGES)})"
-     f" AND JSONType({_attr(c.CHANGES)}) = 'Object')"),
+     f" AND JSONType({_attr(c.CHANGES)}) = 'Object'"
+     f" AND NOT startsWith({_attr(c.CHANGES)}, '\\xEF\\xBB\\xBF')"  # a byte order mark
+     f" AND {_json_depth(_attr(c.CHANGES))} <= {c.MAX_CHANGES_DEPTH})"),
 )
 
 
@@ -185,20 +208,22 @@ CREATE TABLE IF NOT EXISTS {CATALOG_TABLE} (
 ) ENGINE = MergeTree ORDER BY action"""
 
 
-def _events_mv_ddl() -> str:
+EVENTS_VIEW = f"{DATABASE}.audit_ingest_to_events"
+REJECTS_VIEW = f"{DATABASE}.audit_ingest_to_rejects"
+
+
+def _events_mv_select() -> str:
     cols = ",\n    ".join(f"{sql} AS {name}" for name, sql in EVENT_COLUMNS_SQL.items())
     return f"""
-CREATE MATERIALIZED VIEW IF NOT EXISTS {DATABASE}.audit_ingest_to_events TO {EVENTS_TABLE} AS
 SELECT
     {cols}
 FROM {INGEST_TABLE}
 WHERE {_IS_AUDIT} AND {reject_reason_sql()} = ''"""
 
 
-def _rejects_mv_ddl() -> str:
+def _rejects_mv_select() -> str:
     raw = "formatRowNoNewline('JSONEachRow', " + ", ".join(INGEST_COLUMNS) + ")"
     return f"""
-CREATE MATERIALIZED VIEW IF NOT EXISTS {DATABASE}.audit_ingest_to_rejects TO {REJECTS_TABLE} AS
 SELECT
     now64(6, 'UTC') AS received_at,
     reason,
@@ -208,6 +233,25 @@ SELECT
     {raw} AS raw
 FROM (SELECT *, {reject_reason_sql()} AS reason FROM {INGEST_TABLE} WHERE {_IS_AUDIT})
 WHERE reason != ''"""
+
+
+def _events_mv_ddl() -> str:
+    return (f"\nCREATE MATERIALIZED VIEW IF NOT EXISTS {EVENTS_VIEW} TO {EVENTS_TABLE} AS"
+            + _events_mv_select())
+
+
+def _rejects_mv_ddl() -> str:
+    return (f"\nCREATE MATERIALIZED VIEW IF NOT EXISTS {REJECTS_VIEW} TO {REJECTS_TABLE} AS"
+            + _rejects_mv_select())
+
+
+# The views judge with the rules as they are now. When the rules change, a
+# migration replaces both views' queries in place (MODIFY QUERY: a concurrent
+# INSERT runs the old query or the new one, never neither or both).
+_VIEWS_WITH_CURRENT_RULES = (
+    f"ALTER TABLE {EVENTS_VIEW} MODIFY QUERY" + _events_mv_select(),
+    f"ALTER TABLE {REJECTS_VIEW} MODIFY QUERY" + _rejects_mv_select(),
+)
 
 
 ORGS_TABLE = f"{DATABASE}.orgs"
@@ -416,6 +460,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "refuse ingest writers that send no EventName", (_INGEST_EVENT_NAME_GUARD,)),
     Migration(7, "smaller audit_events: dictionary-encoded details and user_agent, ZSTD codecs",
               _EVENTS_STORAGE),
+    Migration(8, "web sessions issued before sessions_valid_after (sign-out, new password) end", (
+        f"ALTER TABLE {USERS_TABLE} ADD COLUMN IF NOT EXISTS sessions_valid_after "
+        "DateTime64(6, 'UTC') DEFAULT toDateTime64(0, 6, 'UTC')",)),
+    Migration(9, "parity of the SQL and Python rules: an IPv4 octet with a leading zero "
+                 "inside an IPv6 address, changes with a byte order mark or nested over 64 levels",
+              _VIEWS_WITH_CURRENT_RULES),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -68,6 +68,10 @@ _UUID_RE = re.compile(UUID_PATTERN)
 MIN_TIMESTAMP_NS = 946_684_800 * 10**9
 #: Events further than this in the future of their arrival are refused as absurd.
 MAX_FUTURE_NS = 86_400 * 10**9
+#: ``changes`` nested deeper than this (objects and arrays) are refused: a
+#: diff is a few levels deep, and past ~1,000 levels Python's and
+#: ClickHouse's JSON parsers give up at different depths.
+MAX_CHANGES_DEPTH = 64
 
 
 class Reason:
@@ -91,7 +95,9 @@ class Reason:
 
 @functools.lru_cache(maxsize=65536)
 def is_valid_ip(text: str) -> bool:
-    """True for a plain IPv4 (dotted quad) or IPv6 address, without port or zone."""
+    """True for a plain IPv4 (dotted quad) or IPv6 address, without port or
+    zone; no octet of a dotted quad has a leading zero (``01.2.3.4``,
+    ``::ffff:01.2.3.4``: octal in some parsers)."""
     if "%" in text:
         return False
     try:
@@ -112,15 +118,30 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def json_depth(value) -> int:
+    """How deeply objects and arrays nest in a decoded JSON value (``{}`` is 1)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        todo.extend((child, depth + 1) for child in item)
+    return deepest
+
+
 def is_json_object(text: str) -> bool:
     """True when ``text`` is strict JSON and an object: no NaN or Infinity, no
-    number beyond a double, no lone UTF-16 surrogate (as ClickHouse's isValidJSON)."""
+    number beyond a double, no lone UTF-16 surrogate (as ClickHouse's
+    isValidJSON), no byte order mark, at most :data:`MAX_CHANGES_DEPTH` deep."""
     try:
         value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError, UnicodeEncodeError):
-        return False
-    return isinstance(value, dict)
+        return False  # json.loads refuses a leading byte order mark too
+    return isinstance(value, dict) and json_depth(value) <= MAX_CHANGES_DEPTH
 
 
 def reject_reason(
