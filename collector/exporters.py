@@ -84,7 +84,10 @@ class ClickHouseExporter:
         as accepted, and the caller answers its clients with a retryable error.
         """
         rows, valid = [], []
+        now_ns = time.time_ns()
         for batch in batches:
+            if batch.future:
+                batch.judge_future_again(now_ns)
             for row, key in zip(batch.rows, batch.keys, strict=True):
                 if key is None:
                     rows.append(row)  # refused: ClickHouse routes it to audit_rejects

@@ -19,9 +19,12 @@ from upmetr_audit.shipper import contract
 from upmetr_audit.shipper.catalog import EVENT_NAME_PREFIX
 from upmetr_audit.shipper.values import any_to_str, attrs_to_dict
 
+from . import schema
 from .otlp import hex_id
 
 _INT64_MAX = 2**63 - 1
+_ATTRS = schema.INGEST_COLUMNS.index("LogAttributes")
+_EVENT_NAME = schema.INGEST_COLUMNS.index("EventName")
 
 
 @dataclass
@@ -38,6 +41,32 @@ class Batch:
     undated: set[str] = field(default_factory=set)
     rejected: Counter = field(default_factory=Counter)
     ignored: int = 0
+    #: The rows refused only for a time too far in the future: see
+    #: :meth:`judge_future_again`.
+    future: list[int] = field(default_factory=list)
+
+    def judge_future_again(self, now_ns: int) -> None:
+        """Judge the rows refused for a time too far in the future again, as of
+        ``now_ns``. ClickHouse judges every row again when it writes it, as of
+        the INSERT, and a request may wait in the queue for seconds; the
+        exporter calls this just before its INSERT, so that the answer agrees
+        with where the row is stored (but for the INSERT's own milliseconds)."""
+        still = []
+        for i in self.future:
+            row = self.rows[i]
+            attrs = row[_ATTRS]
+            reason = contract.reject_reason(row[_EVENT_NAME], attrs, row[0], now_ns)
+            if reason == contract.Reason.ABSURD_TIMESTAMP:
+                still.append(i)
+                continue
+            self.rejected[contract.Reason.ABSURD_TIMESTAMP] -= 1
+            if not self.rejected[contract.Reason.ABSURD_TIMESTAMP]:
+                del self.rejected[contract.Reason.ABSURD_TIMESTAMP]
+            if reason is None:
+                self.keys[i] = attrs[contract.EVENT_ID].lower()
+            else:
+                self.rejected[reason] += 1
+        self.future = still
 
     @property
     def rejected_total(self) -> int:
@@ -61,7 +90,7 @@ def to_batch(request, now_ns: int | None = None) -> Batch:
     batch = Batch()
     rows_append, keys_append, rejected = batch.rows.append, batch.keys.append, batch.rejected
     reject_reason, prefix = contract.reject_reason, EVENT_NAME_PREFIX
-    id_key = contract.EVENT_ID
+    id_key, absurd = contract.EVENT_ID, contract.Reason.ABSURD_TIMESTAMP
     ignored = 0
     for rl in request.resource_logs:
         resource_attrs = attrs_to_dict(rl.resource.attributes)
@@ -102,6 +131,8 @@ def to_batch(request, now_ns: int | None = None) -> Batch:
                     if undated:
                         batch.undated.add(key)
                 else:
+                    if reason == absurd and ts > now_ns:
+                        batch.future.append(len(batch.rows) - 1)
                     keys_append(None)
                     rejected[reason] += 1
     batch.ignored = ignored

@@ -11,10 +11,12 @@ import pytest
 
 from upmetr_audit.collector import schema
 from upmetr_audit.collector import store as store_mod
+from upmetr_audit.collector.exporters import ClickHouseExporter
+from upmetr_audit.collector.metrics import Metrics
 from upmetr_audit.collector.processors import to_batch
 from upmetr_audit.shipper import contract as c
 
-from helpers import audit_attrs, otlp_request
+from helpers import audit_attrs, count, otlp_request
 
 NOW = time.time_ns()
 
@@ -147,3 +149,22 @@ def test_migration_9_gives_a_store_s_views_the_current_rules(store):
     assert store_mod.migrate(client) == [9]
     client.command("TRUNCATE TABLE audit.audit_rejects")
     assert verdicts() == [c.Reason.INVALID_CHANGES, c.Reason.MALFORMED_IP]
+
+
+def test_a_time_near_the_future_bound_is_judged_as_of_the_insert_like_clickhouse_does(store):
+    # The request arrived 10 s ago (it waited in the queue); its first record
+    # was 5 s too far in the future then, and is not any more at the INSERT,
+    # when ClickHouse judges it. The answer must say where it is stored.
+    now = time.time_ns()
+    arrived = now - 10 * 10**9
+    bound = c.MAX_FUTURE_NS
+    batch = to_batch(otlp_request([
+        {"attrs": audit_attrs(), "time_unix_nano": now + bound - 5 * 10**9},
+        {"attrs": audit_attrs(), "time_unix_nano": now + bound + 3600 * 10**9},  # still too far
+        {"event_name": "upmetr.audit.settings.update", "attrs": audit_attrs(**{c.CHANGES: "[]"}),
+         "time_unix_nano": now + bound - 5 * 10**9},  # in time now, but it breaks the next rule
+    ]), now_ns=arrived)
+    assert batch.rejected == {c.Reason.ABSURD_TIMESTAMP: 3}
+    ClickHouseExporter(store.client, Metrics()).export([batch])
+    assert batch.rejected == {c.Reason.ABSURD_TIMESTAMP: 1, c.Reason.INVALID_CHANGES: 1}
+    assert count(store) == 1 and count(store, "audit.audit_rejects") == 2
