@@ -131,12 +131,13 @@ def test_defaults_and_unknown_keys_ignored():
 def test_values_are_parsed_and_normalized():
     f = parse_filters({
         "action": "auth.login", "category": "auth", "status": "failure", "per_page": "100",
-        "since": "2024-06-14T20:00:00-03:00", "until": "2024-06-15", "user": "  ana@example.com ",
+        "since": "2024-06-14T20:00:00-03:00", "until": "2024-06-15", "user": "ana@example.com",
         "ip": "203.0.113.77/24", "resource_type": "monitor", "resource_id": "m-1", "q": "Quota",
     })
     assert f.since == datetime(2024, 6, 14, 23, tzinfo=UTC)
     assert f.until == datetime(2024, 6, 16, tzinfo=UTC)  # a date-only until includes that day
     assert (f.user, f.ip, f.per_page) == ("ana@example.com", "203.0.113.0/24", 100)
+    assert parse_filters({"user": " ana@example.com "}).user == " ana@example.com "  # exact: as stored
     assert parse_filters(f.to_query()) == f
     naive = parse_filters({"since": "2024-06-14T20:00", "until": "2024-06-14T21:00:00.5Z"})
     assert naive.since == datetime(2024, 6, 14, 20, tzinfo=UTC)
@@ -182,12 +183,12 @@ BAD_INPUT = [
     ({"action": "AUTH.LOGIN"}, "action"),
     ({"category": "billing"}, "category"),
     ({"status": "ok"}, "status"),
-    ({"user": "a" * 257}, "user"),
+    ({"user": "a" * 16385}, "user"),
     ({"q": "x" * 257}, "q"),
-    ({"resource_id": "r" * 1000}, "resource_id"),
+    ({"resource_id": "r" * 16385}, "resource_id"),
     ({"cursor": "c" * 257}, "cursor"),
     ({"q": "a\x00b"}, "q"),
-    ({"resource_type": "a\nb"}, "resource_type"),
+    ({"resource_type": "a\x00b"}, "resource_type"),
     ({"user": "\ud800@x"}, "user"),
     ({"q": 5}, "q"),
     ({"cursor": "garbage!"}, "cursor"),

@@ -107,6 +107,27 @@ def test_the_link_leaves_out_the_sources_the_rule_allowlists(store):
     assert table.count("victim@initech.test</td>") == 6 and "10.1.2.3" not in table
 
 
+@pytest.mark.parametrize("email", ["vic\ttim@acme.test", " padded@acme.test", "a" * 300 + "@acme.test"])
+def test_the_link_lists_the_events_of_any_email_a_failed_sign_in_can_store(store, email):
+    # A failed sign-in records the email as typed (up to 320 characters, inner
+    # tabs kept); another service may send spaces. The link must still match it.
+    accounts.create_user(store.client, "root@acme.test", "acme", "superadmin", PASSWORD)
+    accounts.set_module(store.client, "acme", accounts.AUDIT_MODULE, True)
+    insert_events(store.client, [sc.fail(NOW - timedelta(minutes=3, seconds=i), email, "192.0.2.9",
+                                         org="acme") for i in range(6)])
+    Detector(store.client).run_once(NOW)
+    app = create_app({"STORE_CLIENT": store.client, "SECRET_KEY": "k" * 40, "TESTING": True})
+    client = signed_in(app, "root@acme.test")
+    [alert] = client.get("/api/v1/alerts").get_json()["alerts"]
+    assert alert["key"] == email
+    query = urlsplit(alert["events_link"]).query
+    r = client.get("/api/v1/events?" + query)
+    assert r.status_code == 200, r.get_json()
+    assert sorted(e["event_id"] for e in r.get_json()["events"]) == sorted(alert["sample_event_ids"])
+    assert {e["user_email"] for e in r.get_json()["events"]} == {email}
+    page = client.get("/audit?" + query)
+    assert page.status_code == 200 and "No audit events match" not in page.get_data(as_text=True)
+
 def test_a_rule_allowlist_longer_than_the_link_can_carry_is_refused():
     nets = [f"10.0.{i}.0/24" for i in range(rules_mod.MAX_ALLOW_NETWORKS)]
     rules_mod.from_mapping({"allow": nets})

@@ -3,14 +3,17 @@ who may see what, bad input, hostile data, export, the OpenAPI document."""
 
 import json
 import re
+import uuid
 
 import pytest
+from werkzeug.http import parse_options_header
 
 from upmetr_audit.collector import schema
 from upmetr_audit.collector.processors import to_batch
 from upmetr_audit.web import accounts
 from upmetr_audit.web.app import create_app
 from upmetr_audit.web.openapi import FILTER_PARAMETERS, document
+from upmetr_audit.web.queries import MAX_EXACT_LEN
 
 from helpers import audit_attrs, otlp_request
 
@@ -134,6 +137,66 @@ def test_export_streams_the_filtered_events(app):
     nd = client.get("/api/v1/export?format=ndjson").get_data(as_text=True).strip().splitlines()
     assert len(nd) == 30 and all(json.loads(x)["org_id"] == "acme" for x in nd)
 
+
+@pytest.mark.parametrize("org", ["société", "東京", 'a"b', "a;b\\c d"])
+def test_export_of_any_org_id_downloads_under_its_name(store, org):
+    accounts.create_user(store.client, "root@x.test", org, "superadmin", PASSWORD)
+    accounts.set_module(store.client, org, accounts.AUDIT_MODULE, True)
+    seed(store, [{"attrs": audit_attrs(**{"upmetr.org.id": org})}])
+    app = create_app({"STORE_CLIENT": store.client, "SECRET_KEY": "k" * 40, "TESTING": True})
+    r = signed_in(app, "root@x.test").get("/api/v1/export?format=csv")
+    header = r.headers["Content-Disposition"]
+    assert r.status_code == 200 and header.isascii()  # HTTP header values are Latin-1 at most
+    assert parse_options_header(header) == ("attachment", {"filename": f"audit-{org}.csv"})
+    assert len(r.get_data(as_text=True).strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("field,attribute,value", [
+    ("user", "user.email", "vic\ttim@acme.test"),
+    ("user", "user.email", " padded@acme.test "),
+    ("user", "user.email", "a" * 300 + "@acme.test"),
+    ("resource_type", "upmetr.resource.type", " monitor"),
+    ("resource_id", "upmetr.resource.id", "mon-1\n"),
+])
+def test_exact_filters_match_the_stored_value_as_it_is(app, store, field, attribute, value):
+    seed(store, [{"attrs": audit_attrs(**{"upmetr.org.id": "acme", attribute: value})}
+                 for _ in range(2)])
+    client = signed_in(app, "root@acme.test")
+    r = client.get("/api/v1/events", query_string={field: value})
+    assert r.status_code == 200, r.get_json()
+    assert [e[field if field != "user" else "user_email"] for e in r.get_json()["events"]] == [value] * 2
+    page = client.get("/audit", query_string={field: value})
+    assert page.status_code == 200 and "No audit events match" not in page.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("value,message", [
+    ("a\x00b@acme.test", "user: contains a NUL character"),
+    ("a" * (MAX_EXACT_LEN + 1), f"user: is too long (at most {MAX_EXACT_LEN} characters)"),
+])
+def test_exact_filters_refuse_only_nul_and_absurd_lengths(app, value, message):
+    r = signed_in(app, "root@acme.test").get("/api/v1/events", query_string={"user": value})
+    assert r.status_code == 400
+    assert r.get_json() == {"ok": False, "error": {"field": "user", "message": message}}
+
+
+def test_api_errors_are_json_in_the_api_error_shape_never_the_html_page(app, store):
+    client = signed_in(app, "root@acme.test")
+    bearer = {"Authorization": f"Bearer {accounts.create_token(store.client, 'root@acme.test')}"}
+    ack = f"/api/v1/alerts/{uuid.uuid4()}/ack"
+    cases = [
+        (client.post(ack), 400, "csrf_token"),  # a session without the CSRF token
+        (client.get("/api/v1/event"), 404, "path"),
+        (client.delete("/api/v1/events", headers=bearer), 405, "method"),
+        (client.post(ack, data={"x": "y" * 70_000}), 413, "body"),  # over MAX_CONTENT_LENGTH
+    ]
+    for r, status, field in cases:
+        assert (r.status_code, r.mimetype) == (status, "application/json"), r.request.path
+        body = r.get_json()
+        assert body == {"ok": False, "error": {"field": field, "message": body["error"]["message"]}}
+        assert body["error"]["message"]
+    assert "GET" in cases[2][0].headers["Allow"]
+    page = client.get("/audit/nowhere")  # the page keeps its HTML error page
+    assert (page.status_code, page.mimetype) == (404, "text/html")
 
 def test_pagination_links_walk_every_event(app):
     client = signed_in(app, "root@acme.test")

@@ -2,14 +2,17 @@
 page's own audit events — with the Flask test client on a real store and the
 self-audit going through the real shipper and collector."""
 
+import http.client
 import re
 import time
+from urllib.parse import urlencode
 
 import pytest
 
 from upmetr_audit.shipper import AuditLogger
 from upmetr_audit.web import accounts
 from upmetr_audit.web.app import create_app
+from upmetr_audit.web.server import WebServer
 
 from helpers import TOKEN
 
@@ -113,12 +116,42 @@ def test_sign_out_needs_post_with_csrf_and_is_audited(app, store, audit_logger):
     assert events(store, audit_logger, "auth.logout") == [("root@acme.test", "success", "acme", "")]
 
 
-@pytest.mark.parametrize("target,expected", [("/audit?status=failure", "/audit?status=failure"),
-                                             ("//evil.example/x", "/audit"),
-                                             ("https://evil.example/", "/audit")])
+@pytest.mark.parametrize("target,expected", [
+    ("/audit?status=failure", "/audit?status=failure"),
+    ("//evil.example/x", "/audit"),
+    ("https://evil.example/", "/audit"),
+    # browsers drop tabs and newlines and read a backslash as a slash: //evil.example
+    ("/\t/evil.example", "/audit"),
+    ("/\r/evil.example", "/audit"),
+    ("/\n/evil.example", "/audit"),
+    ("/\\evil.example", "/audit"),
+    ("/\\/evil.example", "/audit"),
+    ("/\x00/evil.example", "/audit"),
+])
 def test_next_parameter_cannot_redirect_off_site(app, target, expected):
-    r = login(app.test_client(), "root@acme.test", query=f"?next={target}")
-    assert r.headers["Location"] == expected
+    r = login(app.test_client(), "root@acme.test", query="?" + urlencode({"next": target}))
+    assert r.status_code == 302 and r.headers["Location"] == expected
+
+
+def test_next_parameter_with_a_tab_cannot_redirect_off_site_on_the_real_server(store, tmp_path):
+    accounts.create_user(store.client, "root@acme.test", "acme", "superadmin", PASSWORD)
+    server = WebServer(store.client, "127.0.0.1", 0, str(tmp_path))
+    server.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        path = "/login?" + urlencode({"next": "/\t/evil.example/phish"})
+        conn.request("GET", path)
+        r = conn.getresponse()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', r.read().decode()).group(1)
+        conn.request("POST", path, headers={
+            "Cookie": r.getheader("Set-Cookie").split(";")[0],
+            "Content-Type": "application/x-www-form-urlencoded"}, body=urlencode({
+                "email": "root@acme.test", "password": PASSWORD, "csrf_token": token}))
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 302 and r.getheader("Location") == "/audit"
+    finally:
+        server.shutdown()
 
 
 def test_security_headers_on_every_page(app):
@@ -128,6 +161,16 @@ def test_security_headers_on_every_page(app):
     assert r.headers["Referrer-Policy"] == "no-referrer"
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert "<script>" not in r.get_data(as_text=True)
+
+
+def test_https_deployments_send_strict_transport_security(store):
+    def header(secure):
+        app = create_app({"STORE_CLIENT": store.client, "SECRET_KEY": "k" * 40, "TESTING": True,
+                          "SESSION_COOKIE_SECURE": secure})
+        return app.test_client().get("/login").headers.get("Strict-Transport-Security")
+
+    assert header(True) == "max-age=31536000"
+    assert header(False) is None  # plain-HTTP localhost: browsers would pin HTTPS for it
 
 
 def test_disabled_user_cannot_sign_in_and_is_signed_out(app, store):
@@ -154,6 +197,20 @@ def test_sign_in_rate_limit_answers_429_and_is_audited(app, store, audit_logger)
     assert codes == [401, 401, 401, 429]
     (row,) = events(store, audit_logger, "system.rate_limit")
     assert row[1] == "failure" and "rate limit" in row[3]
+
+
+def test_rate_limit_answers_429_even_for_an_oversized_body(app):
+    # The 429 handler reads the sign-in form to name who was limited; a body
+    # over MAX_CONTENT_LENGTH cannot be read, which must not turn into a 500.
+    app.config.update(LOGIN_RATE_LIMIT="2 per minute", API_RATE_LIMIT="1 per minute")
+    big = {"email": "root@acme.test", "password": "p" * 70_000}
+    api = app.test_client()
+    login(api, "root@acme.test")
+    assert [api.get("/api/v1/summary", data=big).status_code for _ in range(2)] == [200, 429]
+    client = app.test_client()
+    no_csrf = {"Authorization": "Bearer x"}  # skips the CSRF check, which would refuse it first
+    codes = [client.post("/login", data=big, headers=no_csrf).status_code for _ in range(2)]
+    assert codes == [413, 429]  # the sign-in above used the first of the two
 
 
 def test_secret_key_is_required():

@@ -9,7 +9,7 @@ import hmac
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -35,6 +35,9 @@ class User:
     role: str
     password_hash: str
     disabled: bool
+    #: Sessions issued at or before this instant (seconds since the epoch) are
+    #: refused: signing out and a new password end every session of the user.
+    sessions_valid_after: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -48,25 +51,34 @@ def _version() -> int:
     return time.time_ns()
 
 
+_USER_SELECT = ("SELECT email, org_id, role, password_hash, disabled, "
+                f"toUnixTimestamp64Micro(sessions_valid_after) FROM {schema.USERS_TABLE} FINAL ")
+
+
+def _user(row) -> User:
+    *fields, valid_after_us = row
+    return User(*fields, sessions_valid_after=valid_after_us / 1_000_000)
+
+
 def get_user(client, email: str) -> User | None:
-    rows = client.query(
-        f"SELECT email, org_id, role, password_hash, disabled FROM {schema.USERS_TABLE} FINAL "
-        "WHERE email = {email:String}", parameters={"email": email.strip().lower()}).result_rows
-    return User(*rows[0]) if rows else None
+    rows = client.query(_USER_SELECT + "WHERE email = {email:String}",
+                        parameters={"email": email.strip().lower()}).result_rows
+    return _user(rows[0]) if rows else None
 
 
 def list_users(client, org_id: str | None = None) -> list[User]:
     rows = client.query(
-        f"SELECT email, org_id, role, password_hash, disabled FROM {schema.USERS_TABLE} FINAL "
-        "WHERE {org:String} = '' OR org_id = {org:String} ORDER BY org_id, email",
+        _USER_SELECT + "WHERE {org:String} = '' OR org_id = {org:String} ORDER BY org_id, email",
         parameters={"org": org_id or ""}).result_rows
-    return [User(*r) for r in rows]
+    return [_user(r) for r in rows]
 
 
 def _write_user(client, user: User) -> None:
+    valid_after = dt.datetime.fromtimestamp(user.sessions_valid_after, dt.UTC)
     client.insert(schema.USERS_TABLE, [[user.email, user.org_id, user.role, user.password_hash,
-                                        user.disabled, _version()]],
-                  column_names=["email", "org_id", "role", "password_hash", "disabled", "version"])
+                                        user.disabled, valid_after, _version()]],
+                  column_names=["email", "org_id", "role", "password_hash", "disabled",
+                                "sessions_valid_after", "version"])
 
 
 def create_user(client, email: str, org_id: str, role: str, password: str | None = None) -> str:
@@ -94,19 +106,29 @@ def _check_password(password: str) -> None:
 
 
 def set_password(client, email: str, password: str) -> None:
+    """A new password; it also ends every session of the user (see :func:`end_sessions`)."""
     user = get_user(client, email)
     if user is None:
         raise AccountError(f"no user {email}")
     _check_password(password)
-    _write_user(client, User(user.email, user.org_id, user.role, _hasher.hash(password),
-                             user.disabled))
+    _write_user(client, replace(user, password_hash=_hasher.hash(password),
+                                sessions_valid_after=time.time()))
+
+
+def end_sessions(client, email: str) -> None:
+    """End every session of the user signed in until now, on every device
+    (sign-out does it); the next sign-in starts a new one."""
+    user = get_user(client, email)
+    if user is None:
+        raise AccountError(f"no user {email}")
+    _write_user(client, replace(user, sessions_valid_after=time.time()))
 
 
 def set_disabled(client, email: str, disabled: bool = True) -> None:
     user = get_user(client, email)
     if user is None:
         raise AccountError(f"no user {email}")
-    _write_user(client, User(user.email, user.org_id, user.role, user.password_hash, disabled))
+    _write_user(client, replace(user, disabled=disabled))
 
 
 def authenticate(client, email: str, password: str) -> User | None:

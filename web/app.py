@@ -7,9 +7,13 @@ import datetime as dt
 from flask import Flask, g, render_template, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import alerts, auth, integrity, security, views
+
+#: The ``field`` of an API error answer for HTTP errors that are not about one
+#: parameter (a CSRF error names ``csrf_token`` itself).
+_ERROR_FIELDS = {404: "path", 405: "method", 413: "body"}
 
 
 def create_app(config: dict) -> Flask:
@@ -54,7 +58,7 @@ def create_app(config: dict) -> Flask:
     def rate_limited(error):
         signed_in = g.get("user")
         auth.self_audit("system.rate_limit", status="failure",
-                        user=None if signed_in else (request.form.get("email") or "anonymous")[:320],
+                        user=None if signed_in else (_form_email() or "anonymous")[:320],
                         reason=f"rate limit {error.description}", **{"http.route": request.path})
         if request.path.startswith("/api/"):
             return {"ok": False, "error": {"field": "rate_limit",
@@ -63,6 +67,19 @@ def create_app(config: dict) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(error):
-        return render_template("error.html", error=error), error.code
+        headers = [(k, v) for k, v in error.get_headers() if k != "Content-Type"]  # 405: Allow
+        if request.path.startswith("/api/"):  # the API's own error shape, never the HTML page
+            field = getattr(error, "field", None) or _ERROR_FIELDS.get(error.code, "request")
+            body = {"ok": False, "error": {"field": field, "message": error.description}}
+            return body, error.code, headers
+        return render_template("error.html", error=error), error.code, headers
 
     return app
+
+
+def _form_email() -> str | None:
+    """The email of a sign-in form, if the body is small enough to read."""
+    try:
+        return request.form.get("email")
+    except RequestEntityTooLarge:  # over MAX_CONTENT_LENGTH: the form is not read
+        return None

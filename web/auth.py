@@ -8,10 +8,11 @@ data, and only their own organization's: the org comes from the session
 from __future__ import annotations
 
 import functools
+from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, session, url_for
 
-from . import accounts
+from . import accounts, security
 
 bp = Blueprint("auth", __name__)
 
@@ -51,7 +52,8 @@ def load_user() -> None:
         return
     email = session.get("user")
     g.user = accounts.get_user(client(), email) if email else None
-    if g.user is not None and g.user.disabled:
+    # a disabled user, or a session issued before the user signed out or got a new password
+    if g.user is not None and (g.user.disabled or session.get("iat", 0) <= g.user.sessions_valid_after):
         session.clear()
         g.user = None
 
@@ -100,22 +102,32 @@ def login():
             self_audit("auth.login", status="failure", user=email or "(empty)",
                        org=known.org_id if known else "unknown", reason="invalid credentials")
         else:
-            session.clear()
-            session["user"] = user.email
-            session.permanent = True
+            security.start_session(user.email)
             g.user = user
             self_audit("auth.login")
-            target = request.args.get("next", "")
-            # only local paths: no open redirect
-            if not target.startswith("/") or target.startswith("//"):
-                target = url_for("audit.index")
-            return redirect(target)
+            return redirect(local_path(request.args.get("next", "")) or url_for("audit.index"))
     return render_template("login.html", error=error), (401 if error else 200)
+
+
+def local_path(target: str) -> str | None:
+    """``target`` if it is a path on this site, else None (no open redirect).
+    Control characters and backslashes are refused outright: browsers (and
+    urlsplit) drop tabs and newlines, and browsers read a backslash as a
+    slash, so "/<tab>/evil.example" would become "//evil.example", another host."""
+    if any(ch < " " or ch in "\x7f\\" for ch in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return None
+    return target
 
 
 @bp.post("/logout")
 @login_required
 def logout():
+    """Sign out: ends every session of the user, on every device (a copied
+    cookie too), not only this browser's."""
     self_audit("auth.logout")
+    accounts.end_sessions(client(), g.user.email)
     session.clear()
     return redirect(url_for("auth.login"))

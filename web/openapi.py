@@ -8,6 +8,8 @@ from upmetr_audit.shipper.catalog import ACTIONS, CATEGORIES
 from . import queries
 
 _STR = {"type": "string"}
+#: An exact-match filter: compared as given (not trimmed), NUL refused.
+_EXACT = {"type": "string", "maxLength": queries.MAX_EXACT_LEN}
 _ONE_ACTION = "(" + "|".join(a.replace(".", r"\.") for a in ACTIONS) + ")"
 _ACTION_LIST = f"^{_ONE_ACTION}(,{_ONE_ACTION})*$"
 FILTER_PARAMETERS = [
@@ -19,12 +21,12 @@ FILTER_PARAMETERS = [
     ("range", {"type": "string", "enum": list(queries.RANGES)}, "A preset time window."),
     ("since", _STR, "ISO 8601 date or time (inclusive; UTC when no zone)."),
     ("until", _STR, "ISO 8601 date or time (exclusive; a date means through that day)."),
-    ("user", _STR, "Exact user email."),
+    ("user", _EXACT, "Exact user email, as stored (not trimmed)."),
     ("ip", _STR, "An IPv4/IPv6 address or CIDR."),
     ("not_ip", _STR, "Leave out these IPv4/IPv6 addresses or CIDRs, comma-separated "
                      "(an alert rule's allowlist; at most 64)."),
-    ("resource_type", _STR, "Resource type."),
-    ("resource_id", _STR, "Resource id."),
+    ("resource_type", _EXACT, "Exact resource type."),
+    ("resource_id", _EXACT, "Exact resource id."),
     ("q", _STR, "Case-insensitive text in the user, resource id or reason."),
     ("cursor", _STR, "The next_cursor of the previous page."),
 ]

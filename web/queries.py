@@ -71,6 +71,12 @@ from upmetr_audit.shipper.catalog import ACTIONS, CATEGORIES, CATEGORY_BY_ID
 from upmetr_audit.shipper.contract import STATUSES, UUID_PATTERN
 
 MAX_LEN = 256
+#: Longest value of an exact-match filter (user, resource_type, resource_id).
+#: It covers every value the sign-in page stores (emails up to 320 characters)
+#: and, as the event contract sets no length, any value a URL can carry: at 12
+#: bytes per percent-encoded character it stays under waitress's 256 KiB limit
+#: on a request's head, so a link to any value up to this length works.
+MAX_EXACT_LEN = 16384
 PER_PAGE_CHOICES = (25, 50, 100)
 DEFAULT_PER_PAGE = 25
 RANGES: dict[str, timedelta] = {
@@ -190,8 +196,9 @@ def decode_cursor(text: str) -> Cursor:
 class Filters:
     """The validated filter state of a request. Empty string / ``None`` = no filter.
 
-    ``user`` is an exact match on the whole stored address (it uses the
-    bloom-filter index; pick a user from the table to fill it); a partial,
+    ``user`` is an exact match on the whole stored address, taken as given,
+    not trimmed (it uses the bloom-filter index; pick a user from the table to
+    fill it); ``resource_type`` and ``resource_id`` match exactly too; a partial,
     case-insensitive search is ``q``, over user_email, resource_id and reason.
     ``since`` is inclusive and ``until`` exclusive; a date-only ``until``
     means through the end of that day (UTC). ``range`` is the preset that
@@ -229,7 +236,7 @@ class Filters:
         return {k: v for k, v in out.items() if v}
 
 
-def _text(args: Mapping[str, str], name: str, max_len: int = MAX_LEN) -> str:
+def _raw(args: Mapping[str, str], name: str, max_len: int) -> str:
     value = args.get(name)
     if value is None:
         return ""
@@ -237,13 +244,28 @@ def _text(args: Mapping[str, str], name: str, max_len: int = MAX_LEN) -> str:
         raise FilterError(name, "must be text")
     if len(value) > max_len:
         raise FilterError(name, f"is too long (at most {max_len} characters)")
-    if _CONTROL_RE.search(value):
-        raise FilterError(name, "contains a control character")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise FilterError(name, "is not valid text") from None
+    return value
+
+
+def _text(args: Mapping[str, str], name: str, max_len: int = MAX_LEN) -> str:
+    value = _raw(args, name, max_len)
+    if _CONTROL_RE.search(value):
+        raise FilterError(name, "contains a control character")
     return value.strip()
+
+
+def _exact(args: Mapping[str, str], name: str) -> str:
+    """The value of an exact-match filter, as is: a stored value may have any
+    spaces or control characters (a failed sign-in records the email as typed,
+    inner tabs included), so nothing is stripped and only NUL is refused."""
+    value = _raw(args, name, MAX_EXACT_LEN)
+    if "\x00" in value:
+        raise FilterError(name, "contains a NUL character")
+    return value
 
 
 def _choice(name: str, value: str, allowed, message: str) -> str:
@@ -352,11 +374,11 @@ def parse_filters(args: Mapping[str, str], now: datetime | None = None) -> Filte
         status=_choice("status", _text(args, "status"), STATUSES, "must be success or failure"),
         per_page=_per_page(_text(args, "per_page")),
         since=since, until=until, range=preset,
-        user=_text(args, "user"),
+        user=_exact(args, "user"),
         ip=_ip(_text(args, "ip")),
         not_ip=_networks(_text(args, "not_ip", max_len=44 * MAX_EXCLUDED_NETWORKS)),
-        resource_type=_text(args, "resource_type"),
-        resource_id=_text(args, "resource_id"),
+        resource_type=_exact(args, "resource_type"),
+        resource_id=_exact(args, "resource_id"),
         q=_text(args, "q"),
         cursor=decode_cursor(cursor) if cursor else None,
     )

@@ -5,6 +5,7 @@ superadmin's organization — and every view is itself audited."""
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 from flask import (
     Blueprint,
@@ -18,6 +19,8 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from werkzeug.datastructures import Headers
+from werkzeug.utils import secure_filename
 
 from . import alerts, integrity, queries
 from .auth import audit_access, client, self_audit
@@ -150,5 +153,16 @@ def export():
     _audited("/api/v1/export", filters)
     body = queries.iter_export(client(), g.org.org_id, filters, fmt)
     mimetype = "text/csv" if fmt == "csv" else "application/x-ndjson"
-    return Response(stream_with_context(body), mimetype=mimetype, headers={
-        "Content-Disposition": f'attachment; filename="audit-{g.org.org_id}.{fmt}"'})
+    return Response(stream_with_context(body), mimetype=mimetype,
+                    headers=attachment(f"audit-{g.org.org_id}.{fmt}"))
+
+
+def attachment(name: str) -> Headers:
+    """``Content-Disposition: attachment`` for a download called ``name`` (an
+    org id can hold any character): an ASCII ``filename`` for old clients and
+    the exact name as RFC 6266 ``filename*=UTF-8''...``, as Werkzeug's
+    send_file writes it."""
+    headers = Headers()
+    headers.set("Content-Disposition", "attachment", filename=secure_filename(name) or "audit-export",
+                **{"filename*": "UTF-8''" + quote(name, safe="!#$&+-.^_`|~")})
+    return headers
