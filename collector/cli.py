@@ -20,13 +20,16 @@ from .settings import ALERT_OPTIONS, SETTINGS, default_map_for, load_config, opt
 
 
 def _fail_cleanly(f):
-    """Turn library errors into ``Error: <one line>`` and exit 1."""
+    """Turn library errors and unusable paths into ``Error: <one line>`` and exit 1."""
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
             return f(*args, **kwargs)
         except (UpmetrAuditError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a missing, unwritable or wrong-kind path
+            where = f"{exc.filename}: " if exc.filename is not None else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
         except ImportError as exc:
             raise click.ClickException(
                 f"this command needs the server extra ({exc.name} is missing): "
@@ -578,7 +581,7 @@ def users_list(org, data_dir, clickhouse_url):
 @options("data_dir", "clickhouse_url")
 @_fail_cleanly
 def users_set_password(email, password, data_dir, clickhouse_url):
-    """Set a user's password."""
+    """Set a user's password (this ends every session of the user)."""
     from upmetr_audit.web import accounts
     _with_store(data_dir, clickhouse_url, lambda c: accounts.set_password(c, email, password))
     click.echo(f"password of {email} changed")

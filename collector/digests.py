@@ -5,7 +5,9 @@ Append-only JSON Lines under ``<data dir>/digests/``, one file per month
 erasure), one JSON object per line with sorted keys. A batch of lines is
 written with one ``write`` under an exclusive ``flock`` and fsynced before
 the seals go to ClickHouse, so a crash leaves at worst lines whose rows a
-rerun writes again, identically.
+rerun writes again, identically, and perhaps a last line cut short: the next
+write starts on a new line, so the fragment stays one unreadable line (a
+problem verify reports) and the new records are intact.
 """
 
 from __future__ import annotations
@@ -43,10 +45,13 @@ def append(digest_dir: str, lines: list[tuple[int, dict]]) -> None:
     for us, obj in lines:
         by_file.setdefault(file_for(us), []).append(dumps(obj) + "\n")
     for name in sorted(by_file):
-        fd = os.open(os.path.join(digest_dir, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(os.path.join(digest_dir, name), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             data = "".join(by_file[name]).encode()
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # end a line cut short by a crash: it stays one unreadable line
             written = 0
             while written < len(data):
                 written += os.write(fd, data[written:])

@@ -140,14 +140,16 @@ def seal(data_dir, clickhouse_url, log_level, once, interval, window, grace):
     from .sealing import seal_once
 
     logs.setup(log_level)
-    ring = keys.load_or_generate(_keys_dir(data_dir), _now_us())
+    signing = keys.KeyringFile(_keys_dir(data_dir))  # reloaded after `keys rotate`
+    signing.current()  # no keys: fail before opening the store; seal never makes a key
     stop = threading.Event()
     if not once:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
     with _store(data_dir, clickhouse_url) as client:
         while True:
-            run = seal_once(client, ring, digests.digests_dir_for(data_dir), _now_us(),
+            now = _now_us()
+            run = seal_once(client, signing.current(), digests.digests_dir_for(data_dir), now,
                             window_us=window * 1_000_000, grace_us=grace * 1_000_000)
             click.echo(f"sealed     {len(run.seals)} windows of {run.orgs} orgs"
                        + "".join(f"; {org} skipped: {why}" for org, why in run.skipped.items()))
@@ -198,8 +200,9 @@ def verify(data_dir, clickhouse_url, org, since, until, digest_dir, public_key, 
     if since is not None and until is not None and since >= until:
         raise click.BadParameter("--since must be before --until")
     ring = _public_keyring(data_dir, public_key)
+    console = Console(stderr=True)
     with _store(data_dir, clickhouse_url) as client, Progress(
-            console=Console(stderr=True), transient=True) as progress:
+            console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("verifying", total=None)
         result = verify_mod.verify(
             client, ring, digest_dir or digests.digests_dir_for(data_dir), _now_us(), org=org,
@@ -251,6 +254,8 @@ def verify_proof(proof_file, public_key):
         data = json.loads(proof_file.read())
     except (ValueError, UnicodeDecodeError):
         raise proof_mod.ProofError(f"{proof_file.name} is not JSON") from None
+    except RecursionError:
+        raise proof_mod.ProofError(f"malformed proof: {proof_file.name} is nested too deeply") from None
     click.echo("valid: " + proof_mod.check(data, ring))
 
 
@@ -305,6 +310,7 @@ def report(org, month, out_dir, data_dir, clickhouse_url):
     from . import report as report_mod
     from . import verify as verify_mod
 
+    report_mod.check_org(org)
     start, end = report_mod.month_range(month)
     ring = keys.load(_keys_dir(data_dir))
     out_dir = out_dir or os.path.join(data_dir, "reports")

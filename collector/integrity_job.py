@@ -50,20 +50,24 @@ class IntegrityJob:
         self.data_dir = data_dir
         self.interval_s = interval_s
         self.window_us, self.grace_us = window_us, grace_us
-        self.ring = keys.load_or_generate(keys.keys_dir_for(data_dir), _now_us())
+        keys.load_or_generate(keys.keys_dir_for(data_dir), _now_us())  # serve's first run makes the key
+        self.keys = keys.KeyringFile(keys.keys_dir_for(data_dir))  # reloaded after `keys rotate`
         self.digest_dir = digests.digests_dir_for(data_dir)
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="sealer", daemon=True)
 
     def run_once(self, now_us: int | None = None) -> dict:
         now_us = now_us or _now_us()
-        run = sealing.seal_once(self.client, self.ring, self.digest_dir, now_us,
+        ring = self.keys.current()  # after the clock reading: a key retired later signs only older windows
+        run = sealing.seal_once(self.client, ring, self.digest_dir, now_us,
                                 window_us=self.window_us, grace_us=self.grace_us)
         previous = verify_mod.latest_result(self.data_dir)
         since = None
-        if previous and previous.get("through_us"):
+        # A new org with events before the horizon (back-dated): check everything,
+        # since the incremental check would not reach back to them.
+        if previous and previous.get("through_us") and not run.backdated:
             since = previous["through_us"] - self.window_us
-        result = verify_mod.verify(self.client, self.ring, self.digest_dir, now_us, since_us=since)
+        result = verify_mod.verify(self.client, ring, self.digest_dir, now_us, since_us=since)
         record = merge(previous, result, since)
         verify_mod.save_latest(self.data_dir, record)
         if run.seals or not result.ok:

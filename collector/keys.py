@@ -62,9 +62,11 @@ class Keyring:
         return self._private is not None
 
     def sign(self, domain: bytes, digest: bytes) -> tuple[str, str]:
-        """``(key id, base64 signature)`` over ``domain || digest``."""
+        """``(key id, base64 signature)`` over ``domain || digest``; never with a retired key."""
         if self._private is None:
             raise KeyFileError("no private signing key loaded; run `upmetr-audit keys generate`")
+        if self.keys[self.active].retired_at_us is not None:
+            raise KeyFileError(f"the signing key {self.active} is retired; refusing to sign with it")
         return self.active, base64.b64encode(self._private.sign(domain + digest)).decode()
 
     def check(self, key_id: str, domain: bytes, digest: bytes, signature: str,
@@ -151,7 +153,7 @@ def load(keys_dir: str, private: bool = True) -> Keyring:
 
     ring_path = os.path.join(keys_dir, KEYRING_FILE)
     if not os.path.exists(ring_path):
-        raise KeyFileError(f"no signing keys in {keys_dir}; run `upmetr-audit keys generate`")
+        raise _no_keyring(keys_dir)
     ring = load_public(ring_path)
     if not private:
         return ring
@@ -206,10 +208,31 @@ def _install(keys_dir: str, ring: Keyring, pem: bytes) -> None:
         os.close(dfd)
 
 
+def _key_files(keys_dir: str) -> list[str]:
+    """The files of ``keys_dir`` (left-over temporary files aside); none if it does not exist."""
+    try:
+        return sorted(n for n in os.listdir(keys_dir) if ".tmp-" not in n)
+    except FileNotFoundError:
+        return []
+
+
+def _no_keyring(keys_dir: str) -> KeyFileError:
+    """The error for a keys folder without a keyring: what to do about it."""
+    found = _key_files(keys_dir)
+    if found:
+        return KeyFileError(
+            f"{keys_dir} holds {', '.join(found)} but no {KEYRING_FILE}; refusing to make a new key "
+            f"over it: restore {KEYRING_FILE} (e.g. from `keys export-public`) or move the files away")
+    return KeyFileError(f"no signing keys in {keys_dir}; run `upmetr-audit keys generate`")
+
+
 def generate(keys_dir: str, now_us: int) -> str:
-    """Create the first signing key; refuses if a keyring exists. Returns its id."""
+    """Create the first signing key; refuses if a keyring or any key file exists
+    (a private key is never overwritten). Returns its id."""
     if os.path.exists(os.path.join(keys_dir, KEYRING_FILE)):
         raise KeyFileError(f"{keys_dir} already holds a keyring; use `upmetr-audit keys rotate`")
+    if _key_files(keys_dir):
+        raise _no_keyring(keys_dir)
     pem, raw = _new_private()
     kid = key_id_of(raw)
     _install(keys_dir, Keyring({kid: PublicKey(kid, raw, now_us)}, kid), pem)
@@ -231,7 +254,29 @@ def rotate(keys_dir: str, now_us: int) -> tuple[str, str]:
 
 
 def load_or_generate(keys_dir: str, now_us: int) -> Keyring:
-    """For ``serve``: the keyring with its private key, created on first use."""
+    """For ``serve``: the keyring with its private key, created on first use
+    (only in a missing or empty keys folder; see :func:`generate`)."""
     if not os.path.exists(os.path.join(keys_dir, KEYRING_FILE)):
         generate(keys_dir, now_us)
     return load(keys_dir)
+
+
+class KeyringFile:
+    """The keyring of a keys folder with its private key, loaded again whenever
+    ``keyring.json`` changes: a long-running sealer signs with the key that is
+    active now, never with one that `keys rotate` retired meanwhile."""
+
+    def __init__(self, keys_dir: str):
+        self.keys_dir = keys_dir
+        self._text: bytes | None = None
+        self._ring: Keyring | None = None
+
+    def current(self) -> Keyring:
+        try:
+            with open(os.path.join(self.keys_dir, KEYRING_FILE), "rb") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise _no_keyring(self.keys_dir) from None
+        if text != self._text:
+            self._ring, self._text = load(self.keys_dir), text
+        return self._ring

@@ -78,10 +78,10 @@ def check(proof: object, keyring: Keyring) -> str:
     """A one-line description of what the proof shows; ``ProofError`` if it fails."""
     try:
         return _check(proof, keyring)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, ProofError):
-            raise
-        raise ProofError(f"malformed proof ({type(exc).__name__}: {exc})") from None
+    except ProofError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
+        raise ProofError(f"malformed proof: {type(exc).__name__}: {exc}") from None
 
 
 def _check(proof, keyring: Keyring) -> str:

@@ -18,7 +18,7 @@ from .keys import Keyring
 REPORT_DOMAIN = b"upmetr-audit/report/v1\x00"
 FORMAT = "upmetr-audit-report/1"
 ROW_CAP = 500
-_ORG_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
 _MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _IP = "replaceRegexpOne(IPv6NumToString(ip), '^::ffff:', '')"
 
@@ -34,6 +34,22 @@ def month_range(month: str) -> tuple[dt.datetime, dt.datetime]:
     start = dt.datetime(int(m[1]), int(m[2]), 1, tzinfo=dt.UTC)
     end = (start + dt.timedelta(days=32)).replace(day=1)
     return start, end
+
+
+def check_org(org: str) -> None:
+    """Any non-empty org id, as the event contract accepts."""
+    if not org:
+        raise ReportError("the org must not be empty")
+
+
+def file_stem(org: str, month: str) -> str:
+    """``audit-review-ORG-MONTH``, the org made safe for a file name: letters,
+    digits, '.', '_' and '-' kept, anything else (or a long id) replaced and
+    followed by a hash of the org, so two orgs never share a file."""
+    safe = _UNSAFE_IN_NAME.sub("_", org)
+    if safe != org or len(org) > 64:
+        safe = f"{safe[:64]}-{hashlib.sha256(org.encode()).hexdigest()[:12]}"
+    return f"audit-review-{safe}-{month}"
 
 
 def _rows(client, sql: str, params: dict) -> list[dict]:
@@ -168,15 +184,14 @@ def build(client, keyring: Keyring, org: str, month: str, out_dir: str, now_us: 
     ``integrity_result``: the :class:`verify.VerifyResult` for the org and month."""
     from .sealing import iso
 
-    if not _ORG_RE.match(org or ""):
-        raise ReportError(f"org {org!r} must be 1-128 letters, digits, '.', '_' or '-'")
+    check_org(org)
     month_range(month)
     data = gather(client, org, month)
     integrity = {"ok": integrity_result.ok, "summary": integrity_result.summary(), "windows": [
         {"start": iso(w.window_start_us), "status": w.status,
          "details": "; ".join(w.problems + [f"{k}: {', '.join(v)}" for k, v in w.events.items()])}
         for w in integrity_result.windows]}
-    base = f"audit-review-{org}-{month}"
+    base = file_stem(org, month)
     html = render(org, month, data, integrity, iso(now_us), base + ".json").encode()
     os.makedirs(out_dir, exist_ok=True)
     manifest = {"format": FORMAT, "org_id": org, "month": month, "generated_at_us": now_us,

@@ -3,7 +3,8 @@
 ``received_at`` is the time the collector committed an event, so once a
 window has ended (plus a grace delay) nothing can legitimately arrive in it.
 Every window from an org's first event on is sealed, empty ones included,
-so deleting all of a window's events is detected. A seal is deterministic:
+so deleting all of a window's events is detected; a new org's windows start
+no earlier than the newest seal of any org (earlier events were back-dated). A seal is deterministic:
 its body holds no clock reading, Ed25519 signatures are deterministic, and
 ``sealed_at`` stays outside the signed body; two sealers at once, or a
 rerun, write byte-identical seals, and readers take one per window.
@@ -165,23 +166,26 @@ class SealRun:
     seals: list[Seal] = field(default_factory=list)
     orgs: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # org -> why its chain was not extended
+    backdated: list[str] = field(default_factory=list)  # new orgs with events before the horizon
 
 
-def _heads(client) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
+def _heads(client) -> tuple[dict[str, tuple[int, int, str]], dict[str, str], int | None]:
     """Per org, the newest seal's ``(window end, width, seal hash)``; orgs whose
-    newest window has two different seals are returned apart."""
+    newest window has two different seals are returned apart; and the sealer's
+    horizon, the newest window end of any seal (``None``: nothing sealed yet)."""
     rows = client.query(
         f"SELECT org_id, toUnixTimestamp64Micro(window_start), toUnixTimestamp64Micro(window_end), "
         f"groupUniqArray(seal_hash) FROM {schema.SEALS_TABLE} "
         f"GROUP BY org_id, window_start, window_end ORDER BY org_id, window_start DESC LIMIT 1 BY org_id"
     ).result_rows
     heads, conflicts = {}, {}
+    horizon = max((we for _, _, we, _ in rows), default=None)
     for org, ws, we, hashes in rows:
         if len(hashes) != 1:
             conflicts[org] = "its newest window has two different seals; run `upmetr-audit verify`"
         else:
             heads[org] = (we, we - ws, hashes[0])
-    return heads, conflicts
+    return heads, conflicts, horizon
 
 
 def seal_once(client, keyring: Keyring, digest_dir: str, now_us: int, *,
@@ -202,7 +206,12 @@ def seal_once(client, keyring: Keyring, digest_dir: str, now_us: int, *,
 def _seal(client, keyring, digest_dir, now_us, window_us, grace_us, only, version) -> SealRun:
     run = SealRun()
     horizon = now_us - grace_us
-    heads, run.skipped = _heads(client)
+    heads, run.skipped, sealed_through = _heads(client)
+    # A new org starts at the sealer's horizon at the earliest: received_at is
+    # now64() at ingest, so its events before that were back-dated (they stay
+    # unsealed, and verify reports them). Capped by the clock: a forged seal row
+    # far ahead must not stop new orgs from being sealed.
+    floor = None if sealed_through is None else min(sealed_through, horizon)
     firsts = dict(client.query(
         f"SELECT org_id, toUnixTimestamp64Micro(min(received_at)) FROM {schema.EVENTS_TABLE} "
         f"GROUP BY org_id").result_rows)
@@ -215,6 +224,9 @@ def _seal(client, keyring, digest_dir, now_us, window_us, grace_us, only, versio
         else:
             width, prev = window_us, GENESIS
             start = firsts[org] // width * width
+            if floor is not None and start < floor:
+                start = -(-floor // width) * width  # the first window starting at or after it
+                run.backdated.append(org)
         while start + width <= horizon:
             count = min(CHUNK_WINDOWS, (horizon - start) // width)
             end = start + count * width

@@ -32,8 +32,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from . import digests, leafhash, schema
+from .errors import UpmetrAuditError
 from .keys import Keyring
 from .sealing import GENESIS, SEAL_DOMAIN, SEAL_GROUP, SEAL_SELECT, Seal, _us, leaf_rows_sql, window_stats_sql
+from .sealing import iso as _iso
 
 ERASURE_DOMAIN = b"upmetr-audit/erasure/v1\x00"
 
@@ -45,6 +47,10 @@ OK_STATUSES = ("valid", "erased")
 #: spans days of received_at, so every slice reads it again.
 SLICE_WINDOWS = 24 * 7
 LATEST_FILE = "verify-latest.json"
+
+
+class VerifyError(UpmetrAuditError):
+    """Nothing to verify: an org with no events, seals or digest records."""
 
 
 @dataclass
@@ -94,9 +100,12 @@ class _Digests:
     bad: dict[tuple[str, int], str] = field(default_factory=dict)  # window -> why its line is bad
     erasures: dict[str, dict] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    where: dict[tuple[str, int], str] = field(default_factory=dict)  # window -> "file line n"
 
 
-def _read_digests(digest_dir: str, keyring: Keyring) -> _Digests:
+def _read_digests(digest_dir: str, keyring: Keyring, now_us: int) -> _Digests:
+    """The digest records. A seal line of a window that begins after ``now_us``
+    is a problem, and not believed."""
     out = _Digests()
     last: dict[str, int] = {}
     for line in digests.read(digest_dir):
@@ -120,6 +129,10 @@ def _read_digests(digest_dir: str, keyring: Keyring) -> _Digests:
         except ValueError as exc:
             out.problems.append(f"{where}: malformed seal ({exc})")
             continue
+        if seal.window_start_us > now_us:
+            out.problems.append(f"{where}: a seal of {seal.org_id} for {_iso(seal.window_start_us)}, "
+                                f"a window that has not begun: not believed")
+            continue
         key = (seal.org_id, seal.window_start_us)
         seen = out.seals.get(key)
         if seen is not None:
@@ -130,6 +143,7 @@ def _read_digests(digest_dir: str, keyring: Keyring) -> _Digests:
             out.bad[key] = f"{where} is out of order (the digests of an org are appended in window order)"
         last[seal.org_id] = max(last.get(seal.org_id, -1), seal.window_start_us)
         out.seals[key] = seal
+        out.where[key] = where
     return out
 
 
@@ -176,25 +190,45 @@ def _authentic_erasures(client, dg: _Digests, orgs: list[str] | None) -> tuple[l
 # -- ClickHouse -----------------------------------------------------------------
 
 
+def _seal_of(r: tuple) -> Seal:
+    """A seal from a row of ``SEAL_SELECT``."""
+    return Seal(org_id=r[0], window_start_us=r[1], window_end_us=r[2], event_count=r[3],
+                merkle_root=r[4], prev_seal_hash=r[5], key_id=r[6], leaf_version=r[7],
+                seal_hash=r[8], signature=r[9], sealed_at_us=r[10])
+
+
 def _db_seals(client, orgs: list[str] | None) -> dict[tuple[str, int], list[Seal]]:
     cond, params = (" WHERE org_id IN {orgs:Array(String)}", {"orgs": orgs}) if orgs else ("", {})
     out: dict[tuple[str, int], list[Seal]] = {}
     for r in client.query(SEAL_SELECT + cond + SEAL_GROUP, parameters=params).result_rows:
-        seal = Seal(org_id=r[0], window_start_us=r[1], window_end_us=r[2], event_count=r[3],
-                    merkle_root=r[4], prev_seal_hash=r[5], key_id=r[6], leaf_version=r[7],
-                    seal_hash=r[8], signature=r[9], sealed_at_us=r[10])
+        seal = _seal_of(r)
         out.setdefault((seal.org_id, seal.window_start_us), []).append(seal)
     return out
 
 
-def _sealed_through(client, dg: _Digests) -> int | None:
-    """The sealer's horizon: the newest window end of any seal, in the table or the files."""
-    db = client.command(f"SELECT toUnixTimestamp64Micro(max(window_end)) FROM {schema.SEALS_TABLE} "
-                        f"HAVING count() > 0")
-    ends = [s.window_end_us for s in dg.seals.values()]
-    if db not in ("", None):
-        ends.append(int(db))
-    return max(ends) if ends else None
+def _signature_problem(seal: Seal, keyring: Keyring) -> str | None:
+    """What is wrong with a seal's own hash or signature, or ``None``."""
+    if seal.computed_hash() != seal.seal_hash:
+        return "the seal does not match its own hash (edited)"
+    return keyring.check(seal.key_id, SEAL_DOMAIN, bytes.fromhex(seal.seal_hash), seal.signature,
+                         signed_through_us=seal.window_end_us)
+
+
+#: Seal rows tried, newest first, for the horizon (forged rows are skipped).
+HORIZON_CANDIDATES = 100
+
+
+def _sealed_through(client, dg: _Digests, keyring: Keyring, now_us: int) -> int | None:
+    """The sealer's horizon: the newest window end of an authentic seal (hash and
+    signature check out), in the table or the files, of a window begun by ``now_us``."""
+    rows = client.query(
+        SEAL_SELECT + f" WHERE window_start <= {_us('now')}" + SEAL_GROUP
+        + f" ORDER BY window_end DESC LIMIT {HORIZON_CANDIDATES}", parameters={"now": now_us}).result_rows
+    candidates = [_seal_of(r) for r in rows] + list(dg.seals.values())
+    for seal in sorted(candidates, key=lambda s: s.window_end_us, reverse=True):
+        if _signature_problem(seal, keyring) is None:
+            return seal.window_end_us
+    return None
 
 
 def stored_leaves(client, org: str, ws: int, version: int = leafhash.LEAF_VERSION,
@@ -251,10 +285,7 @@ def _check_seal(key: tuple[str, int], db: list[Seal], dg: _Digests, keyring: Key
     if len(db) > 1:
         return "broken chain", f"{len(db)} different seals for this window"
     seal = db[0]
-    if seal.computed_hash() != seal.seal_hash:
-        return "bad signature", "the seal row does not match its own hash (edited)"
-    problem = keyring.check(seal.key_id, SEAL_DOMAIN, bytes.fromhex(seal.seal_hash), seal.signature,
-                            signed_through_us=seal.window_end_us)
+    problem = _signature_problem(seal, keyring)
     if problem:
         return "bad signature", problem
     line = dg.seals.get(key)
@@ -290,24 +321,35 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
            since_us: int | None = None, until_us: int | None = None,
            default_window_us: int = 3_600_000_000,
            progress: Callable[[int, int], None] | None = None) -> VerifyResult:
-    """Check every window of every org (or ``org``) overlapping [since, until).
+    """Check every window of every org (or ``org``) overlapping [since, until),
+    clamped to the org's first event or seal and to the later of now and the
+    sealer's horizon.
 
     Windows that end after the sealer's horizon and have no seal are
-    ``pending``, not a problem.
+    ``pending``, not a problem. ``VerifyError`` for an unknown ``org``.
     """
     orgs = [org] if org else None
-    dg = _read_digests(digest_dir, keyring)
-    if org:
-        dg.seals = {k: v for k, v in dg.seals.items() if k[0] == org}
-    problems = list(dg.problems)
-    erasure_ids, erasure_problems = _authentic_erasures(client, dg, orgs)
-    problems += erasure_problems
-    db = _db_seals(client, orgs)
-    through = _sealed_through(client, dg)
+    dg = _read_digests(digest_dir, keyring, now_us)
+    through = _sealed_through(client, dg, keyring, now_us)
     org_cond, params = ("org_id = {org:String}", {"org": org}) if org else ("1", {})
     firsts = dict(client.query(
         f"SELECT org_id, toUnixTimestamp64Micro(min(received_at)) FROM {schema.EVENTS_TABLE} "
         f"WHERE {org_cond} GROUP BY org_id", parameters=params).result_rows)
+    db = _db_seals(client, orgs)
+    if org:
+        dg.seals = {k: v for k, v in dg.seals.items() if k[0] == org}
+        if not (firsts or db or dg.seals or any(e.get("org_id") == org for e in dg.erasures.values())):
+            raise VerifyError(f"unknown org {org!r}: it has no events, seals or digest records")
+    problems = list(dg.problems)
+    # A digest line without its seal row is believed only when its signature is.
+    for key, seal in sorted(dg.seals.items()):
+        if key not in db:
+            problem = _signature_problem(seal, keyring)
+            if problem:
+                problems.append(f"{dg.where[key]}: {problem}; not believed")
+                del dg.seals[key]
+    erasure_ids, erasure_problems = _authentic_erasures(client, dg, orgs)
+    problems += erasure_problems
 
     # Each org's chain: its window width, and where it starts (its first seal).
     widths: dict[str, int] = {}
@@ -322,9 +364,10 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
     if not widths:
         return VerifyResult(now_us, through, {}, 0, [], problems)
     max_w = max(widths.values())
-    lo = since_us if since_us is not None else min(
-        [*starts.values(), *(f // widths[o] * widths[o] for o, f in firsts.items())])
-    hi = until_us if until_us is not None else max(now_us, through or 0)
+    earliest = min([*starts.values(), *(f // widths[o] * widths[o] for o, f in firsts.items())])
+    latest = max(now_us, through or 0)
+    lo = earliest if since_us is None else max(since_us, earliest)
+    hi = latest if until_us is None else min(until_us, latest)
 
     # Recompute (count, erased count, root) per window, in slices of received_at.
     # Each window with the leaf version of its seal. An org's chain upgrades its
@@ -334,7 +377,6 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
     # computed with another version than its seal's is redone on its own.
     stats: dict[tuple[str, int], tuple[int, int, str]] = {}
     used: dict[tuple[str, int], int] = {}
-    events_checked = 0
     org_list = sorted(widths)
     width_sql = ("transform(org_id, {w_orgs:Array(String)}, {w_widths:Array(Int64)}, "
                  "toInt64({w_def:Int64}))")
@@ -373,7 +415,6 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
     failure: list[BaseException] = []
 
     def recompute() -> None:
-        nonlocal events_checked
         try:
             for i, s0 in enumerate(slices):
                 where = f"{org_cond} AND received_at >= {_us('s0')} AND received_at < {_us('s1')}"
@@ -384,10 +425,8 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
                     for o, ws, n, erased_n, root in rows:
                         if (o, ws) in stats:
                             cut.add((o, ws))
-                            events_checked -= stats[(o, ws)][0]
                         stats[(o, ws)] = (n, erased_n, root)
                         used[(o, ws)] = version
-                        events_checked += n
                 if progress:
                     progress(i + 1, len(slices))
         except BaseException as exc:  # re-raised in the caller's thread
@@ -411,9 +450,9 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
         if key in used and used[key] != version and version in leafhash.LEAF_VERSIONS:
             redo[key] = version
     for (o, ws), version in redo.items():
-        events_checked -= stats[(o, ws)][0]
         stats[(o, ws)] = _whole_window(client, o, ws, widths[o], base, erasures, version)
-        events_checked += stats[(o, ws)][0]
+    # The slices are whole weeks: count only the events of windows in [lo, hi).
+    events_checked = sum(n for (o, ws), (n, _, _) in stats.items() if ws + widths[o] > lo and ws < hi)
 
     windows, counts = [], Counter()
 
@@ -432,10 +471,9 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
     for o in sorted(widths):
         w_us, start = widths[o], starts[o]
         last = max([start, newest.get(o, start)] + ([through] if through is not None else []))
-        for ws in range(start, last, w_us):
+        first = start if lo <= start else start + (lo - start) // w_us * w_us  # the window holding lo
+        for ws in range(first, min(last, hi), w_us):
             key = (o, ws)
-            if not (ws + w_us > lo and ws < hi):
-                continue
             sealed = key in db or key in dg.seals
             due = through is not None and ws + w_us <= through
             if not sealed and not due:
@@ -459,6 +497,10 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
             if ws < start and ws + w_us > lo and ws < hi:
                 report(WindowResult(o, ws, ws + w_us, "extra events", actual_count=n,
                                     problems=["events before the org's first sealed window"]))
+    for o, ws in sorted(db):
+        if ws > now_us and ws >= hi:  # not reached above: a forged row, say
+            problems.append(f"a seal row of {o} for {_iso(ws)}, a window that has not begun: "
+                            f"not believed")
     return VerifyResult(verified_at_us=now_us, through_us=through, counts=dict(counts),
                         events_checked=events_checked, windows=windows, problems=problems)
 

@@ -65,3 +65,24 @@ class Sealed:
     def mutate(self, sql: str, **params) -> None:
         self.client.command(sql + " SETTINGS mutations_sync = 2", parameters=params)
 
+
+
+def sealed_data_dir(d: str, events: list[dict]) -> list[str]:
+    """A data dir for the CLI: a key, a migrated embedded store holding
+    ``events``, and the seals of every window due now. Returns the event ids."""
+    import time
+
+    from upmetr_audit.collector import digests
+    from upmetr_audit.collector import store as store_mod
+
+    ring_dir = keys.keys_dir_for(d)
+    keys.generate(ring_dir, 0)
+    store = store_mod.open_store(f"chdb://{d}/clickhouse")
+    try:
+        store_mod.migrate(store.client)
+        ids = insert(store.client, events)
+        now = time.time_ns() // 1000
+        sealing.seal_once(store.client, keys.load(ring_dir), digests.digests_dir_for(d), now)
+    finally:
+        store.close()
+    return ids

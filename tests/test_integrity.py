@@ -57,7 +57,7 @@ def test_untouched_data_verifies_clean(sealed):
 def test_a_rerun_and_a_concurrent_sealer_write_the_same_seals(sealed, monkeypatch):
     assert sealed.seal(NOW).seals == []  # nothing new to seal
     # A second sealer that read the heads before the first one wrote its seals:
-    monkeypatch.setattr(sealing, "_heads", lambda client: ({}, {}))
+    monkeypatch.setattr(sealing, "_heads", lambda client: ({}, {}, None))
     again = sealed.seal(NOW + 5 * MIN)
     assert len(again.seals) == 6
     per_window = sealed.client.query(
@@ -241,7 +241,9 @@ def test_a_seal_re_signed_with_another_key_is_a_bad_signature(sealed, tmp_path):
         kept = [ln for ln in f if json.loads(ln)["org_id"] != "org-b"]
     with open(_digest_lines(sealed)[0], "w") as f:
         f.writelines(kept)
-    sealing.seal_once(sealed.client, thief, sealed.digest_dir, NOW, orgs=["org-b"])
+    with pytest.MonkeyPatch.context() as mp:  # the thief's own sealer starts org-b over from its first event
+        mp.setattr(sealing, "_heads", lambda client: ({}, {}, None))
+        sealing.seal_once(sealed.client, thief, sealed.digest_dir, NOW, orgs=["org-b"])
     result = sealed.verify(NOW)
     assert only(result, "org-b") == {0: "bad signature", 1: "bad signature", 2: "bad signature"}
     assert "unknown key" in result.windows[0].problems[0]

@@ -164,8 +164,8 @@ def test_monthly_report_is_escaped_signed_and_checkable(data, tmp_path):
     assert [r["month"] for r in report.list_reports(str(tmp_path / "r"))] == [month]
     assert "is not YYYY-MM" in run("report", "--org", "org-a", "--month", "2026-13", "--data-dir", d,
                                    ok=False).output
-    assert "must be 1-128" in run("report", "--org", "../x", "--month", month, "--data-dir", d,
-                                  ok=False).output
+    assert "unknown org '../x'" in run("report", "--org", "../x", "--month", month, "--data-dir", d,
+                                       ok=False).output
 
 
 def test_verify_benchmark_runs_at_tiny_size():

@@ -155,11 +155,12 @@ def test_a_store_sealed_at_version_6_verifies_clean_after_migration_7(at_version
 def test_new_events_and_erasure_after_migration_7(at_version_6, tmp_path):
     client = at_version_6.client
     ring = keys.load_or_generate(str(tmp_path / "keys"), T0)
-    old = insert(client, _events()[:3])
+    events = _events()
+    old = insert(client, events[:3] + events[5:])  # org-b's event arrived before the first seal
     sealed = Sealed(client, str(tmp_path), ring, old)
     sealed.seal(T0 + HOUR + 10 * MIN)
     assert store_mod.migrate(client) == [m.version for m in schema.MIGRATIONS if m.version >= 7]
-    new = insert(client, _events()[3:])
+    new = insert(client, events[3:5])
     sealed.seal(NOW)
     result = sealed.verify(NOW)
     assert result.ok, result.to_json()
