@@ -123,34 +123,35 @@ class DemoTraffic:
 
     # -- attacks --------------------------------------------------------------
 
-    def attack(self, kind: str, ts_ns: int) -> int:
-        """One scripted attack starting at ``ts_ns``; returns the events sent."""
+    def attack(self, kind: str, ts_ns: int, *, ending: bool = False) -> int:
+        """One scripted attack starting at ``ts_ns`` (or, with ``ending``,
+        whose last attempt is at ``ts_ns``: live traffic never stamps an event
+        in the future); returns the events sent."""
         rng, org = self.rng, self.rng.choice(self.orgs)
         attacker = f"203.0.113.{rng.randint(2, 250)}"
         minute = 60 * 10**9
-        before = self.sent
+        tries = []  # (offset from the start, user, ip)
         if kind == "brute_force":        # one account, one IP, many tries in ~10 min
             user = rng.choice(org.users)[0]
-            for k in range(rng.randint(12, 30)):
-                self._emit("auth.login", org, user, ts_ns + k * minute // 3, failed=True, ip=attacker)
+            tries = [(k * minute // 3, user, attacker) for k in range(rng.randint(12, 30))]
         elif kind == "password_spraying":  # one IP, many users, few tries each, 15 min
             for k, (user, _) in enumerate(rng.sample(org.users, min(len(org.users), 12))
                                           + [(f"it{j}@{org.id[4:]}.example", "") for j in range(6)]):
-                for t in range(rng.randint(1, 2)):
-                    self._emit("auth.login", org, user, ts_ns + (k * 2 + t) * minute // 3,
-                               failed=True, ip=attacker)
+                tries += [((k * 2 + t) * minute // 3, user, attacker) for t in range(rng.randint(1, 2))]
         elif kind == "credential_stuffing":  # one IP, many (mostly unknown) users, 1 try each
             for k in range(rng.randint(16, 40)):
                 user = f"{rng.choice(['john', 'mary', 'admin', 'test', 'info'])}{k}@mail.example"
-                self._emit("auth.login", org, user, ts_ns + k * minute // 4, failed=True, ip=attacker)
+                tries.append((k * minute // 4, user, attacker))
         elif kind == "distributed":      # one user from many IPs in 30 min
             user = rng.choice(org.users)[0]
-            for k in range(rng.randint(6, 12)):
-                ip = f"192.0.2.{rng.randint(2, 250)}"
-                self._emit("auth.login", org, user, ts_ns + k * 2 * minute, failed=True, ip=ip)
+            tries = [(k * 2 * minute, user, f"192.0.2.{rng.randint(2, 250)}")
+                     for k in range(rng.randint(6, 12))]
         else:
             raise ValueError(f"unknown attack {kind!r}; one of {', '.join(ATTACKS)}")
-        return self.sent - before
+        start = ts_ns - max(offset for offset, _, _ in tries) if ending else ts_ns
+        for offset, user, ip in tries:
+            self._emit("auth.login", org, user, start + offset, failed=True, ip=ip)
+        return len(tries)
 
     # -- schedules --------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class DemoTraffic:
                 break
             self.ordinary(time.time_ns())
             if attack_every_s and time.monotonic() >= next_attack:
-                self.attack(ATTACKS[int(next_attack) % len(ATTACKS)], time.time_ns())
+                self.attack(ATTACKS[int(next_attack) % len(ATTACKS)], time.time_ns(), ending=True)
                 next_attack += attack_every_s
             rate = rate_per_s * max(1 / 3, rhythm(time.time()))
             stop.wait(self.rng.expovariate(rate))

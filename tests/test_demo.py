@@ -4,6 +4,8 @@
 import collections
 import re
 import subprocess
+import threading
+import time
 
 import pytest
 from test_cli import EXE
@@ -62,6 +64,27 @@ def test_attacks_have_their_shape(kind):
         assert len(ips) == 1 and len(users) >= 15 and len(rec.events) == len(users) and span_min <= 15
     else:
         assert len(users) == 1 and len(ips) >= 5 and span_min <= 30
+
+
+@pytest.mark.parametrize("kind", ATTACKS)
+def test_a_live_attack_ends_now_and_stamps_nothing_in_the_future(kind):
+    ending, starting = Recorder(), Recorder()
+    now = 1_700_000_000 * 10**9
+    DemoTraffic(ending, seed=11).attack(kind, now, ending=True)
+    DemoTraffic(starting, seed=11).attack(kind, now)
+    assert max(ts for _, ts, _ in ending.events) == now
+    shift = now - max(ts for _, ts, _ in starting.events)  # the same attack, moved back whole
+    assert [(a, ts + shift, at["user.email"]) for a, ts, at in starting.events] == \
+           [(a, ts, at["user.email"]) for a, ts, at in ending.events]
+
+
+def test_live_traffic_with_attacks_stamps_nothing_in_the_future():
+    rec = Recorder()
+    stop = threading.Event()
+    DemoTraffic(rec, seed=5).run_live(rate_per_s=200, stop=stop, attack_every_s=0.05, duration_s=0.3)
+    after = time.time_ns()
+    assert sum(at["upmetr.audit.status"] == "failure" for _, _, at in rec.events) >= 6  # attacks ran
+    assert max(ts for _, ts, _ in rec.events) <= after
 
 
 def test_unknown_attack_is_an_error():
