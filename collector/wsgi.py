@@ -12,9 +12,13 @@ class ThreadedServer:
     def __init__(self, app, host: str, port: int, *, name: str, threads: int = 8, **adjustments):
         # poll(), not select(): select() fails on descriptors above 1023, which a
         # long-running process with an embedded ClickHouse reaches.
-        self.server = waitress.server.create_server(app, host=host, port=port, threads=threads,
-                                                    ident="upmetr-audit", asyncore_use_poll=True,
-                                                    **adjustments)
+        try:
+            self.server = waitress.server.create_server(app, host=host, port=port, threads=threads,
+                                                        ident="upmetr-audit", asyncore_use_poll=True,
+                                                        **adjustments)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {host}:{port} for {name}: "
+                                     f"{exc.strerror or exc}") from None
         self.port = int(self.server.effective_port)
         self._thread = threading.Thread(target=self.server.run, name=name, daemon=True)
 

@@ -4,6 +4,9 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
+from upmetr_audit.collector.receivers.grpc import GrpcReceiver
+from upmetr_audit.collector.receivers.http import HttpReceiver
+
 from helpers import TOKEN, audit_attrs, count, otlp_request
 
 EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
@@ -56,3 +59,12 @@ def test_message_over_limit_is_resource_exhausted(make_collector, store):
         call(col, big)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert count(store) == 0
+
+
+def test_a_second_receiver_cannot_share_the_port_of_a_running_one(collector):
+    # grpcio's default SO_REUSEPORT would let it bind, and split the traffic.
+    port = int(collector.grpc_target.rsplit(":", 1)[1])
+    with pytest.raises(OSError, match=f"cannot listen for OTLP/gRPC on 127.0.0.1:{port}"):
+        GrpcReceiver(collector, "127.0.0.1", port)
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{collector.http.port} for otlp-http"):
+        HttpReceiver(collector, "127.0.0.1", collector.http.port)

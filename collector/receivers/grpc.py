@@ -6,6 +6,7 @@ INVALID_ARGUMENT. Back-pressure is UNAVAILABLE with a ``RetryInfo`` detail.
 
 from __future__ import annotations
 
+import errno
 from concurrent import futures
 
 import grpc
@@ -34,15 +35,22 @@ class GrpcReceiver:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otlp-grpc"),
             options=[("grpc.max_receive_message_length", max_bytes),
-                     ("grpc.max_send_message_length", 4 * 1024 * 1024)],
+                     ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                     # grpcio sets SO_REUSEPORT by default: a second process could
+                     # then bind the same port and take part of the traffic.
+                     ("grpc.so_reuseport", 0)],
         )
         handler = grpc.method_handlers_generic_handler(SERVICE, {
             "Export": grpc.unary_unary_rpc_method_handler(self._export),
         })
         self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio ≥ 1.x raises where older ones returned 0
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot listen for OTLP/gRPC on {host}:{port}")
+            raise OSError(errno.EADDRINUSE, f"cannot listen for OTLP/gRPC on {host}:{port} "
+                                            "(is the port in use?)")
 
     def _fail(self, context, code: grpc.StatusCode, message: str, retry: bool = False):
         self.collector.metrics.requests.labels("grpc", code.name).inc()
