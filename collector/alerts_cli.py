@@ -28,7 +28,8 @@ def make_notifier(data_dir: str, opts: dict) -> Notifier | None:
         channels.append(Email(opts["smtp_host"], opts.get("smtp_port") or 25, opts.get("smtp_from") or "",
                               to, user=opts.get("smtp_user") or "",
                               password=opts.get("smtp_password") or "",
-                              starttls=bool(opts.get("smtp_starttls"))))
+                              starttls=bool(opts.get("smtp_starttls")),
+                              cafile=opts.get("smtp_cafile") or None))
     if not channels:
         return None
     return Notifier(os.path.join(data_dir, "outbox"), channels, opts.get("public_url") or "")
@@ -97,7 +98,8 @@ def detect(data_dir, clickhouse_url, log_level, once, **opts):
             if job.notifier:
                 left = job.notifier.drain()
                 job.notifier.close()
-                click.echo(f"notify     delivered={job.notifier.delivered} pending={left}")
+                click.echo(f"notify     delivered={job.notifier.delivered} "
+                           f"dead_lettered={job.notifier.dead_lettered} pending={left}")
             return
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -93,9 +93,10 @@ def current_alerts(client, *, org_id: str | None = None, open_only: bool = False
 
 
 def alert_history(client, org_id: str, alert_id: str) -> list[dict]:
-    """Every version of one alert of one org, oldest first."""
+    """Every change of one alert of one org, oldest first (an acknowledge and a
+    detector run may have written the same version: both are listed)."""
     sql = (f"SELECT * FROM {schema.ALERTS_TABLE} WHERE org_id = {{org:String}} "
-           "AND alert_id = {id:UUID} ORDER BY version LIMIT 1 BY version")
+           "AND alert_id = {id:UUID} ORDER BY version, change LIMIT 1 BY version, change")
     rows = client.query(sql, parameters={"org": org_id, "id": alert_id}).named_results()
     return [_utc(r) for r in rows]
 
@@ -112,10 +113,12 @@ def acknowledge(client, org_id: str, alert_id: str, by: str, now: datetime | Non
     Raises :class:`AlertNotFound` for an unknown alert or one of another org,
     and ``ValueError`` for a resolved one. Acknowledging twice is a no-op.
     """
-    history = alert_history(client, org_id, alert_id)
-    if not history:
+    sql = (f"SELECT * FROM ({rules_mod.CURRENT_ALERTS_SQL}) WHERE org_id = {{org:String}} "
+           "AND alert_id = {id:UUID}")
+    rows = client.query(sql, parameters={"org": org_id, "id": alert_id}).named_results()
+    cur = next((_utc(r) for r in rows), None)
+    if cur is None:
         raise AlertNotFound(alert_id)
-    cur = history[-1]
     if cur["state"] == "resolved":
         raise ValueError("the alert is already resolved")
     if cur["state"] == "acknowledged":
@@ -187,9 +190,7 @@ class Detector:
         fields["threshold"] = float(fields["threshold"])
         fields["failures"] = int(fields["failures"])
         if cur is None:
-            alert_id = uuid.uuid5(_NAMESPACE, "\x00".join(
-                [hit["org_id"], hit["rule"], hit["key_type"], hit["key"], end.isoformat()]))
-            return {**fields, "alert_id": alert_id, "version": 1, "change": "opened",
+            return {**fields, "alert_id": self._new_alert_id(hit), "version": 1, "change": "opened",
                     "changed_at": now, "changed_by": "detector", "state": "firing",
                     "severity": hit["severity"], "first_seen": hit["first_seen"],
                     "last_fired_at": end}
@@ -203,6 +204,18 @@ class Detector:
                 "changed_by": "detector", "state": cur["state"],
                 "severity": hit["severity"] if escalated else cur["severity"],
                 "first_seen": min(cur["first_seen"], hit["first_seen"]), "last_fired_at": end}
+
+    def _new_alert_id(self, hit: dict) -> uuid.UUID:
+        """The id of a new alert: its (org, rule, key) and how many alerts that
+        key had before. A run that failed to write the alert after notifying
+        derives the same id again, so the repeated notification carries the
+        same delivery id; so does a second detector opening the same alert."""
+        sql = (f"SELECT uniqExact(alert_id) FROM {schema.ALERTS_TABLE} WHERE org_id = {{org:String}} "
+               "AND rule = {rule:String} AND key_type = {key_type:String} AND key = {key:String}")
+        keys = {k: hit[k] for k in ("org_id", "rule", "key_type", "key")}
+        before = self.client.query(sql, parameters={"org": keys.pop("org_id"), **keys}).result_rows[0][0]
+        return uuid.uuid5(_NAMESPACE, "\x00".join(
+            [hit["org_id"], hit["rule"], hit["key_type"], hit["key"], str(before)]))
 
     def _resolved(self, cur: dict, now: datetime) -> dict:
         return {**cur, "version": cur["version"] + 1, "change": "resolved", "state": "resolved",

@@ -10,9 +10,16 @@ a restart, loses nothing; each notification carries a stable id
 
 Channels: a webhook (JSON, or a Slack-compatible ``{"text": …}``), signed with
 ``X-Upmetr-Signature: sha256=<HMAC-SHA256 of the body>``; and email over SMTP.
-A receiver that refuses a notification for good (a 4xx other than 408/429)
-gets it moved to ``<outbox>/<channel>.dead.jsonl`` and logged, so one bad
-message cannot block the queue.
+A receiver that refuses a notification for good (a 4xx other than 408/429),
+or a notification that cannot be sent at all (a malformed answer, a value the
+channel refuses), gets it moved to ``<outbox>/<channel>.dead.jsonl`` and
+logged, so one bad message cannot block the queue or stop its thread. Only
+connection-level errors, 5xx, 408, 429 and redirects (which are not followed:
+a followed redirect turns the POST into a GET without the body) are retried.
+
+Every value an attacker may choose (the alert key is an email or IP as sent)
+has its control characters escaped before it goes into an email header or
+text, and ``&``, ``<``, ``>`` escaped in Slack text.
 """
 
 from __future__ import annotations
@@ -23,14 +30,16 @@ import json
 import logging
 import os
 import random
+import re
 import smtplib
+import ssl
 import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from upmetr_audit.shipper.spool import Spool
 
@@ -68,9 +77,9 @@ def audit_link(base_url: str, alert: dict, rule: Rule) -> str:
         actions, status = rule.failed_actions, "failure"
     query = {"action": ",".join(actions), "status": status,
              "since": _iso(alert["window_start"]), "until": _iso(alert["window_end"])}
-    if alert["key_type"] in ("user", "ip"):
+    if alert["key_type"] in ("user", "ip"):   # an IPv6 key is a /64: the ip filter takes CIDRs
         query[alert["key_type"]] = alert["key"]
-    if rule.allow and alert["key_type"] != "ip":  # the rule did not count these sources
+    if rule.allow:  # the rule did not count these sources (an allowlist may overlap a /64 key)
         query["not_ip"] = ",".join(rule.allow)
     return f"{base_url.rstrip('/')}/audit?{urlencode(query)}"
 
@@ -98,13 +107,43 @@ def payload(alert: dict, rule: Rule, base_url: str) -> dict:
         "last_seen": _iso(alert["last_seen"]),
         "link": audit_link(base_url, alert, rule),
         "sample_event_ids": list(alert["samples"]),
+        "sample_links": [f"{base_url.rstrip('/')}/audit/events/{quote(str(i), safe='')}"
+                         for i in alert["samples"]],
     }
 
 
-def summary_line(p: dict) -> str:
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(value) -> str:
+    """``value`` as one line of text: control characters (CR, LF, ...) escaped
+    as ``\\xNN``/``\\uNNNN``, so an attacker-chosen email cannot add a header."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value))
+
+
+def slack_escape(value) -> str:
+    """Slack's mrkdwn escaping: ``&``, ``<`` and ``>`` as entities (no links, no mentions)."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def summary_line(p: dict, escape=printable) -> str:
+    """One line about the alert; every value passes through ``escape``."""
+    e = escape
     verb = {"opened": "FIRING", "escalated": "ESCALATED", "resolved": "RESOLVED"}.get(p["event"], p["event"])
-    return (f"[{verb}] {p['severity']}: {p['title']} — {p['key_type']} {p['key']} in {p['org_id']}: "
-            f"{p['value']:g} (threshold {p['threshold']:g}) in {p['window']['minutes']} min")
+    return (f"[{e(verb)}] {e(p['severity'])}: {e(p['title'])} — {e(p['key_type'])} {e(p['key'])} "
+            f"in {e(p['org_id'])}: {p['value']:g} (threshold {p['threshold']:g}) "
+            f"in {p['window']['minutes']} min")
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as an error (urllib would follow it with a GET,
+    dropping the body, and the 2xx at the end would count as delivered)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 class Webhook:
@@ -119,7 +158,9 @@ class Webhook:
 
     def body(self, p: dict) -> bytes:
         if self.fmt == "slack":
-            return json.dumps({"text": f"{summary_line(p)}\n<{p['link']}|Open the audit log>"}).encode()
+            text = f"{summary_line(p, lambda v: slack_escape(printable(v)))}\n" \
+                   f"<{slack_escape(p['link'])}|Open the audit log>"
+            return json.dumps({"text": text}).encode()
         return json.dumps(p, sort_keys=True).encode()
 
     def send(self, p: dict) -> None:
@@ -130,11 +171,15 @@ class Webhook:
             headers[SIGNATURE_HEADER] = sign(self.secret, body)
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            with _OPENER.open(req, timeout=self.timeout_s) as resp:
                 resp.read()
         except urllib.error.HTTPError as exc:
             if 400 <= exc.code < 500 and exc.code not in (408, 429):
                 raise PermanentFailure(f"HTTP {exc.code}") from None
+            if 300 <= exc.code < 400:   # retried: fixing the URL delivers what is queued
+                raise urllib.error.URLError(
+                    f"HTTP {exc.code} redirect to {exc.headers.get('Location')!r} not followed; "
+                    "set the webhook URL to where it points") from None
             raise
 
 
@@ -142,23 +187,27 @@ class Email:
     name = "email"
 
     def __init__(self, host: str, port: int, sender: str, to: list[str], *, user: str = "",
-                 password: str = "", starttls: bool = False, timeout_s: float = 10.0):
+                 password: str = "", starttls: bool = False, timeout_s: float = 10.0,
+                 cafile: str | None = None):
         if not to or not sender:
             raise ValueError("alert email needs a sender and at least one recipient")
         self.host, self.port, self.sender, self.to = host, port, sender, to
         self.user, self.password, self.starttls, self.timeout_s = user, password, starttls, timeout_s
+        #: CA certificates to trust for STARTTLS, instead of the system's (a private CA).
+        self.cafile = cafile
 
     def send(self, p: dict) -> None:
         msg = EmailMessage()
         msg["Subject"] = summary_line(p)
         msg["From"] = self.sender
         msg["To"] = ", ".join(self.to)
-        msg["Message-ID"] = f"<{p['id']}@upmetr-audit>"
-        msg.set_content(f"{summary_line(p)}\n\n{p['condition']}\n\nOpen the filtered audit log: "
-                        f"{p['link']}\n\nSample events: {', '.join(p['sample_event_ids'])}\n")
+        msg["Message-ID"] = f"<{printable(p['id'])}@upmetr-audit>"
+        samples = "".join(f"\n  {printable(link)}" for link in p.get("sample_links", []))
+        msg.set_content(f"{summary_line(p)}\n\n{printable(p['condition'])}\n\nOpen the filtered audit log: "
+                        f"{printable(p['link'])}\n\nSample events:{samples}\n")
         with smtplib.SMTP(self.host, self.port, timeout=self.timeout_s) as smtp:
-            if self.starttls:
-                smtp.starttls()
+            if self.starttls:   # verifies the server's certificate and name before the password goes
+                smtp.starttls(context=ssl.create_default_context(cafile=self.cafile))
             if self.user:
                 smtp.login(self.user, self.password)
             smtp.send_message(msg)
@@ -173,6 +222,10 @@ class _Outbox:
     lock: threading.Lock
 
 
+def _id(p) -> str:
+    return p.get("id", "?") if isinstance(p, dict) else "?"
+
+
 class Notifier:
     """Outboxes under ``directory`` (one per channel) and their delivery threads."""
 
@@ -180,7 +233,9 @@ class Notifier:
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 300.0):
         self.base_url = base_url
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        #: Notifications the receiver accepted, and those moved to the dead-letter file.
         self.delivered = 0
+        self.dead_lettered = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.outboxes = [
@@ -207,7 +262,12 @@ class Notifier:
     def _run(self, box: _Outbox) -> None:
         delay = self.backoff_initial_s
         while not self._stop.is_set():
-            outcome = self.deliver_one(box)
+            try:
+                outcome = self.deliver_one(box)
+            except Exception:  # e.g. the outbox or dead-letter file cannot be written: retry later
+                log.exception("notification delivery failed; will retry",
+                              extra={"channel": box.channel.name})
+                outcome = "failed"
             if outcome == "done":
                 delay = self.backoff_initial_s
             elif outcome == "failed":
@@ -221,28 +281,37 @@ class Notifier:
         """Try the oldest pending notification of one outbox: ``done`` (delivered or
         dead-lettered), ``failed`` (kept for a retry) or ``empty``."""
         with box.lock:
-            return self._deliver_one(box)
+            try:
+                return self._deliver_one(box)
+            except BaseException:
+                box.spool.rewind()      # nothing is skipped: the next read starts at the same one
+                raise
 
     def _deliver_one(self, box: _Outbox) -> str:
         records, pos = box.spool.read(1)
         if not records:
             return "empty"
-        p = json.loads(records[0])
+        p: dict | str = records[0].decode("utf-8", "replace")
         try:
+            p = json.loads(p)
             box.channel.send(p)
-        except PermanentFailure as exc:
-            log.error("notification refused for good; kept in the dead-letter file",
-                      extra={"channel": box.channel.name, "id": p["id"], "error": str(exc),
-                             "file": box.dead_path})
-            with open(box.dead_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"error": str(exc), "notification": p}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except (OSError, smtplib.SMTPException) as exc:
+        except OSError as exc:  # connection, TLS, timeout, SMTP, 5xx/408/429, redirect: transient
             box.spool.rewind()
             log.warning("notification delivery failed; will retry",
-                        extra={"channel": box.channel.name, "id": p["id"], "error": str(exc)})
+                        extra={"channel": box.channel.name, "id": _id(p), "error": str(exc)})
             return "failed"
+        except Exception as exc:  # refused for good, a malformed answer, an unsendable value
+            error = str(exc) if isinstance(exc, PermanentFailure) else f"{type(exc).__name__}: {exc}"
+            log.error("notification not deliverable; kept in the dead-letter file",
+                      extra={"channel": box.channel.name, "id": _id(p), "error": error,
+                             "file": box.dead_path})
+            with open(box.dead_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"error": error, "notification": p}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            box.spool.ack(pos)
+            self.dead_lettered += 1
+            return "done"
         box.spool.ack(pos)
         self.delivered += 1
         return "done"

@@ -159,8 +159,8 @@ def _apply(rule: Rule, values: dict[str, Any], where: str) -> Rule:
             if not isinstance(value, bool):
                 _fail(here, "must be true or false")
             changes[name] = value
-        elif name == "allow":
-            changes["allow"] = _networks(value, here)
+        elif name == "allow":  # adds to the allowlist the rule already has (global, org)
+            changes["allow"] = _unique(rule.allow + _networks(value, here))
         elif name in ("window_minutes", "baseline_days", "max_attempts_per_user"):
             limit = {"window_minutes": 24 * 60, "baseline_days": 28, "max_attempts_per_user": 1000}[name]
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
@@ -186,6 +186,10 @@ def _apply(rule: Rule, values: dict[str, Any], where: str) -> Rule:
 MAX_ALLOW_NETWORKS = 64
 
 
+def _unique(nets: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(nets))
+
+
 def _networks(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         _fail(where, "must be a list of IP addresses or CIDRs")
@@ -203,7 +207,9 @@ def from_mapping(data: dict[str, Any]) -> RuleSet:
 
     ``allow`` (top level) adds networks to every rule's allowlist; ``[rules.<id>]``
     changes a rule everywhere; ``[orgs.<org>]`` may set ``allow`` for all of that
-    org's rules and ``[orgs.<org>.rules.<id>]`` a rule for that org only.
+    org's rules and ``[orgs.<org>.rules.<id>]`` a rule for that org only. Every
+    ``allow`` adds to the others: a rule's allowlist is the top-level one, the
+    rule's, the org's and the org's rule's together.
     """
     unknown = sorted(set(data) - {"allow", "rules", "orgs"})
     if unknown:
@@ -212,13 +218,11 @@ def from_mapping(data: dict[str, Any]) -> RuleSet:
     def rule_table(table: Any, base: dict[str, Rule], where: str, allow: tuple[str, ...]):
         if not isinstance(table, dict):
             _fail(where, "must be a table")
-        out = {k: replace(r, allow=r.allow + allow) for k, r in base.items()}
+        out = {k: replace(r, allow=_unique(r.allow + allow)) for k, r in base.items()}
         for rule_id, values in table.items():
             if rule_id not in DEFAULT_RULES:
                 _fail(f"{where}.{rule_id}", f"unknown rule; known: {', '.join(DEFAULT_RULES)}")
             out[rule_id] = _apply(out[rule_id], values, f"{where}.{rule_id}")
-            if "allow" in values:
-                out[rule_id] = replace(out[rule_id], allow=out[rule_id].allow + allow)
         return out
 
     rules = rule_table(data.get("rules", {}), DEFAULT_RULES, "rules",
@@ -237,8 +241,8 @@ def from_mapping(data: dict[str, Any]) -> RuleSet:
         orgs[org_id] = {k: v for k, v in mine.items() if v != rules[k]}
     for where, table in [("rules", rules)] + [(f"orgs.{o}.rules", r) for o, r in orgs.items()]:
         for rule_id, rule in table.items():
-            if len(set(rule.allow)) > MAX_ALLOW_NETWORKS:
-                _fail(f"{where}.{rule_id}", f"allows {len(set(rule.allow))} networks in all; "
+            if len(rule.allow) > MAX_ALLOW_NETWORKS:
+                _fail(f"{where}.{rule_id}", f"allows {len(rule.allow)} networks in all; "
                                             f"at most {MAX_ALLOW_NETWORKS}")
     return RuleSet(rules, {o: r for o, r in orgs.items() if r})
 
@@ -260,12 +264,33 @@ def load(path: str | None) -> RuleSet:
 # -- SQL ------------------------------------------------------------------------
 
 #: The newest row of every alert (state changes are appended, never updated).
+#: An acknowledge and a detector run may both write the next version: the
+#: detector's row wins the tie (it has the newest counts and severity, and a
+#: resolve is final), and an alert once acknowledged stays acknowledged until
+#: it resolves.
 CURRENT_ALERTS_SQL = f"""
-SELECT * FROM {schema.ALERTS_TABLE}
-ORDER BY alert_id, version DESC, change DESC
+SELECT * REPLACE (if(state != 'resolved' AND alert_id IN (
+        SELECT alert_id FROM {schema.ALERTS_TABLE} WHERE change = 'acknowledged'),
+    'acknowledged', state) AS state)
+FROM {schema.ALERTS_TABLE}
+ORDER BY alert_id, version DESC, change = 'acknowledged', change DESC
 LIMIT 1 BY alert_id"""
 
 IP_TEXT = "replaceRegexpOne(IPv6NumToString(ip), '^::ffff:', '')"
+
+#: The source of a failure as the IP rules key it: an IPv4 address (stored
+#: IPv4-mapped) as itself, an IPv6 address by its /64 (one host or customer
+#: rotates through its /64), e.g. ``2001:db8:1:2::/64``. The audit page's
+#: ``ip`` filter takes either form.
+IP_KEY = ("if(ip BETWEEN toIPv6('::ffff:0.0.0.0') AND toIPv6('::ffff:255.255.255.255'), "
+          f"{IP_TEXT}, "
+          "concat(IPv6NumToString(tupleElement(IPv6CIDRToRange(ip, 64), 1)), '/64'))")
+
+#: A user as the user rules key it: emails compare without regard to ASCII case.
+USER_KEY = "lower(user_email)"
+
+#: Events sent without ``client.address`` are stored with ``::``: no source.
+KNOWN_IP = "ip != toIPv6('::')"
 
 
 def _lit(value: Any) -> str:
@@ -326,15 +351,14 @@ def failed_actions_sql(r: Rule) -> str:
 
 
 def _severity_sql(per: _Per) -> tuple[str, str]:
-    """(severity expression, threshold expression) over the measure ``value``."""
+    """(severity expression, threshold expression) over the measure ``value``.
+
+    The threshold is each org's own lowest level: an org that adds a level
+    the others do not have leaves the others' thresholds alone."""
     severities = [s for s in SEVERITIES if any(s in dict(lv) for lv in per.values(lambda r: r.levels))]
-    cases, lowest = [], None
-    for s in reversed(severities):
-        t = per.expr(lambda r, s=s: dict(r.levels).get(s, 1e18))
-        cases.append((s, t))
-        lowest = t
+    cases = [(s, per.expr(lambda r, s=s: dict(r.levels).get(s, 1e18))) for s in reversed(severities)]
     sev = "multiIf(" + ", ".join(f"value >= {t}, '{s}'" for s, t in cases) + ", '')"
-    return sev, lowest or "1"
+    return sev, per.expr(lambda r: r.levels[0][1])
 
 
 def enabled_orgs_sql(rules: RuleSet, rule_id: str) -> str | None:
@@ -362,9 +386,10 @@ def rule_sql(rules: RuleSet, rule_id: str, end: str) -> str | None:
     failed = per.cond(failed_actions_sql)
     if rule.kind == "spike":
         return _spike_sql(per, enabled, allow, failed, severity, threshold, end)
-    key_col = {"user": "user_email", "ip": IP_TEXT}[rule.key]
+    key_col = {"user": USER_KEY, "ip": IP_KEY}[rule.key]
+    known_ip = f"{KNOWN_IP} AND " if rule.key == "ip" else ""
     where = f"""
-    status = '{STATUS_FAILURE}' AND {failed} AND {enabled} AND {allow}
+    {known_ip}status = '{STATUS_FAILURE}' AND {failed} AND {enabled} AND {allow}
     AND timestamp >= {end} - INTERVAL {max_window} MINUTE AND timestamp < {end}
     AND timestamp >= {end} - toIntervalMinute({window})"""
     common = f"""
@@ -384,17 +409,18 @@ HAVING value >= threshold"""
     if rule.kind == "spraying":
         per_user = per.expr(lambda r: r.max_attempts_per_user)
         return f"""
-SELECT org_id, '{rule.key}' AS key_type, key, uniqExact(user_email) AS value, {severity} AS severity,
+SELECT org_id, '{rule.key}' AS key_type, key, uniqExactIf(user, attempts <= {per_user}) AS value,
+    {severity} AS severity,
     sum(attempts) AS failures, min(first) AS first_seen, max(last) AS last_seen,
     arraySort(arraySlice(arrayFlatten(groupArray(ids)), 1, 10)) AS samples,{common}
 FROM (
-    SELECT org_id, {key_col} AS key, user_email, count() AS attempts, min(timestamp) AS first,
+    SELECT org_id, {key_col} AS key, {USER_KEY} AS user, count() AS attempts, min(timestamp) AS first,
         max(timestamp) AS last, groupArray(2)(toString(event_id)) AS ids
     FROM {schema.EVENTS_TABLE}
     WHERE {where}
-    GROUP BY org_id, key, user_email)
+    GROUP BY org_id, key, user)
 GROUP BY org_id, key
-HAVING value >= threshold AND max(attempts) <= {per_user}"""
+HAVING value >= threshold"""
     raise AssertionError(rule.kind)
 
 
@@ -436,7 +462,7 @@ def _success_after_sql(rule: Rule, enabled, allow, window, max_window, end) -> s
     """Successful logins by a user, or from an IP, that has an open alert of another rule,
     at or after that alert's first failure."""
     logins = f"""
-    SELECT org_id, user_email, {IP_TEXT} AS ip_text, timestamp, event_id
+    SELECT org_id, {USER_KEY} AS user_key, if({KNOWN_IP}, {IP_KEY}, '') AS ip_key, timestamp, event_id
     FROM {schema.EVENTS_TABLE}
     WHERE action = '{LOGIN}' AND status = '{STATUS_SUCCESS}' AND {enabled} AND {allow}
         AND timestamp >= {end} - INTERVAL {max_window} MINUTE AND timestamp < {end}
@@ -456,4 +482,4 @@ INNER JOIN (
     GROUP BY org_id, key) AS a ON e.org_id = a.org_id AND e.{col} = a.key
 WHERE e.timestamp >= a.since
 GROUP BY e.org_id, a.key"""
-    return side("user", "user_email") + "\nUNION ALL" + side("ip", "ip_text")
+    return side("user", "user_key") + "\nUNION ALL" + side("ip", "ip_key")

@@ -63,7 +63,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             click.Choice(["json", "slack"])),
     Setting("smtp_host", None, "Also email alert notifications through this SMTP server."),
     Setting("smtp_port", 25, "SMTP port.", int),
-    Setting("smtp_starttls", False, "Use STARTTLS.", bool, True),
+    Setting("smtp_starttls", False, "Use STARTTLS (the server's certificate is verified).", bool, True),
+    Setting("smtp_cafile", None, "CA file (PEM) to verify the SMTP server with, instead of the "
+                                 "system's CA store."),
     Setting("smtp_user", None, "SMTP login (with the SMTP password)."),
     Setting("smtp_password", None, "SMTP password."),
     Setting("smtp_from", None, "Sender address of alert emails."),
@@ -73,7 +75,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 #: The settings of the detector and its notifications (``serve`` and ``detect``).
 ALERT_OPTIONS = ("alert_rules", "detect_interval", "public_url", "alert_webhook_url",
                  "alert_webhook_secret", "alert_webhook_format", "smtp_host", "smtp_port",
-                 "smtp_starttls", "smtp_user", "smtp_password", "smtp_from", "smtp_to")
+                 "smtp_starttls", "smtp_cafile", "smtp_user", "smtp_password", "smtp_from", "smtp_to")
 
 
 def option(name: str):

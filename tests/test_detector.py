@@ -263,3 +263,130 @@ def test_two_detectors_running_concurrently_raise_one_alert(store):
     rows = store.client.query(f"SELECT DISTINCT * FROM {schema.ALERTS_TABLE}").result_rows
     assert len(rows) == 1                       # both wrote the same row, or one wrote nothing
     assert len(set(notes)) == 1 and 1 <= len(notes) <= 2
+
+
+# -- fixes from the review of the alerting (each test fails without its fix) --
+
+
+def test_a_per_org_warning_level_leaves_the_other_orgs_thresholds_alone(store):
+    """ip_brute_force has only a critical level; one org adding a warning level
+    must not lift every other org's threshold out of reach."""
+    ruleset = rules.from_mapping({"orgs": {"org-acme": {"rules": {"ip_brute_force": {"warning": 10}}}}})
+    events = [sc.fail(sc.m(0) + timedelta(seconds=10 * i), f"u{i % 6}@b.test", "203.0.113.77", org=org)
+              for org in ("org-b", "org-acme") for i in range(24)]
+    events += [sc.fail(sc.m(0) + timedelta(seconds=10 * i), f"u{i % 6}@acme.test", "203.0.113.78",
+                       org="org-acme") for i in range(12)]
+    insert_events(store.client, events)
+    r = Detector(store.client, ruleset).run_once(sc.m(6))
+    assert {(c["org_id"], c["key"], c["severity"], c["threshold"]) for c in r.changes
+            if c["rule"] == "ip_brute_force"} == {
+        ("org-b", "203.0.113.77", "critical", 20.0), ("org-acme", "203.0.113.77", "critical", 10.0),
+        ("org-acme", "203.0.113.78", "warning", 10.0)}
+
+
+def test_an_allowlist_of_an_org_rule_keeps_the_top_level_allowlist(store):
+    ruleset = rules.from_mapping({"allow": ["10.0.0.0/8"], "orgs": {
+        "org-a": {"rules": {"user_brute_force": {"allow": ["192.0.2.0/24"]}}}}})
+    insert_events(store.client, sc.brute_force(12, ip="10.1.2.3") + sc.brute_force(12, ip="192.0.2.5"))
+    assert Detector(store.client, ruleset).run_once(sc.m(7)).changes == []
+
+
+@pytest.mark.parametrize("rule, per_user", [("password_spraying", 3), ("credential_stuffing", 2)])
+def test_one_user_tried_too_often_does_not_hide_a_spray(store, rule, per_user):
+    users = [f"user{i}@acme.test" for i in range(16)]
+    spray = [sc.fail(sc.T + timedelta(seconds=45 * i), users[i], "203.0.113.50") for i in range(16)]
+    extra = [sc.fail(sc.T + timedelta(seconds=30 + 60 * i), "admin@acme.test", "203.0.113.50")
+             for i in range(per_user + 1)]
+    insert_events(store.client, spray + extra)
+    r = Detector(store.client).run_once(sc.m(15))
+    [hit] = [c for c in r.changes if c["rule"] == rule]
+    assert (hit["key"], hit["value"], hit["failures"]) == ("203.0.113.50", 16.0, 16 + per_user + 1)
+
+
+def test_events_without_a_client_address_are_not_one_attacker_ip(store):
+    """No client.address is stored as '::': no IP rule may key on it."""
+    events = [sc.fail(sc.T + timedelta(seconds=23 * i), f"employee{i}@acme.test", "::") for i in range(25)]
+    events += sc.brute_force(6, user="victim@acme.test", ip="::")
+    events.append(sc.ok(sc.m(9), "employee3@acme.test", "::"))
+    insert_events(store.client, events)
+    r = Detector(store.client).run_once(sc.m(11))
+    assert fired(r) == {("user_brute_force", "user", "victim@acme.test", "warning")}
+
+
+def test_letter_case_does_not_split_one_account(store):
+    names = ["victim@acme.test", "Victim@acme.test", "VICTIM@ACME.TEST"]
+    events = [sc.fail(sc.m(10) + timedelta(seconds=40 * i), names[i % 3], "198.51.100.7") for i in range(12)]
+    events += [sc.fail(sc.m(4 * i), ["cfo@acme.test", "CFO@acme.test"][i % 2], f"192.0.2.{10 + i}")
+               for i in range(6)]
+    events += [sc.fail(sc.m(6.5) + timedelta(seconds=40 * i), f"User{i}@acme.test" if i < 10
+                       else f"user{i - 10}@ACME.test", "203.0.113.50") for i in range(20)]
+    events.append(sc.ok(sc.m(18), "Victim@Acme.Test", "198.51.100.99"))
+    insert_events(store.client, events)
+    r = Detector(store.client).run_once(sc.m(22))
+    got = {(c["rule"], c["key"], c["value"]) for c in r.changes}
+    assert ("user_brute_force", "victim@acme.test", 12.0) in got
+    assert ("distributed_attack", "cfo@acme.test", 6.0) in got
+    assert ("password_spraying", "203.0.113.50", 10.0) in got     # 10 users, 2 attempts each
+    assert ("success_after_failures", "victim@acme.test", 1.0) in got
+
+
+def test_ipv6_sources_are_keyed_by_their_64_and_ipv4_by_address(store):
+    v6 = [sc.fail(sc.T + timedelta(seconds=14 * i), f"leak{i}@mail.test", f"2001:db8:1:2::{i + 1:x}")
+          for i in range(40)]
+    v4 = [sc.fail(sc.T + timedelta(seconds=14 * i), f"leak{i}@mail.test", f"::ffff:198.51.100.{i}")
+          for i in range(40)]
+    insert_events(store.client, v6 + v4 + [sc.ok(sc.m(9.5), "ana@acme.test", "2001:db8:1:2:ffff::9")])
+    r = Detector(store.client).run_once(sc.m(11))
+    assert {(c["rule"], c["key"]) for c in r.changes} == {
+        (rule, "2001:db8:1:2::/64") for rule in (
+            "ip_brute_force", "password_spraying", "credential_stuffing", "success_after_failures")
+    } | {("org_spike", "org-a")}
+    assert {c["value"] for c in r.changes if c["rule"] == "ip_brute_force"} == {40.0}
+
+
+def test_a_failed_alert_write_repeats_the_notification_with_the_same_delivery_id(store):
+    """The notification goes to the outbox before the alert row is written; if
+    the write fails, the next run notifies again: with the same id, so the
+    receiver can drop the repeat."""
+    insert_events(store.client, sc.brute_force(6))
+    sent = []
+
+    def notify_then_lose_the_table(row, rule):
+        sent.append(f"{row['alert_id']}.{row['version']}")
+        if len(sent) == 1:   # the alert write that follows fails for real
+            store.client.command(f"RENAME TABLE {schema.ALERTS_TABLE} TO {schema.ALERTS_TABLE}_away")
+
+    det = Detector(store.client, notify=notify_then_lose_the_table)
+    with pytest.raises(Exception, match="UNKNOWN_TABLE|doesn't exist|does not exist"):
+        det.run_once(sc.m(6))
+    store.client.command(f"RENAME TABLE {schema.ALERTS_TABLE}_away TO {schema.ALERTS_TABLE}")
+    det.run_once(sc.m(7))
+    assert len(sent) == 2 and sent[0] == sent[1]
+    [alert] = current_alerts(store.client)
+    assert f"{alert['alert_id']}.{alert['version']}" == sent[0]
+
+
+def test_an_acknowledge_racing_an_escalation_keeps_both(store):
+    """A superadmin acknowledges while the detector escalates (both write the
+    next version): the alert is acknowledged and critical, and the escalation is
+    not sent again."""
+    insert_events(store.client, sc.brute_force(6))
+    sent = []
+
+    def notify(row, rule):
+        sent.append((row["change"], row["severity"]))
+        if row["change"] == "escalated":    # between the detector's read and its write
+            acknowledge(store.client, "org-a", str(row["alert_id"]), "boss@acme.test", now=sc.m(8))
+
+    det = Detector(store.client, notify=notify)
+    det.run_once(sc.m(6))
+    insert_events(store.client, sc.brute_force(5, start=4))
+    det.run_once(sc.m(8))
+    [alert] = current_alerts(store.client)
+    assert (alert["state"], alert["severity"], alert["value"]) == ("acknowledged", "critical", 11.0)
+    assert det.run_once(sc.m(9)).changes == []
+    assert sent == [("opened", "warning"), ("escalated", "critical")]
+    aid = str(alert["alert_id"])
+    assert acknowledge(store.client, "org-a", aid, "boss@acme.test")["version"] == 2     # a no-op
+    assert [h["change"] for h in alert_history(store.client, "org-a", aid)] == [
+        "opened", "escalated", "acknowledged"]

@@ -226,3 +226,216 @@ def test_payload_times_are_utc_iso():
     p = payload(alert_row(), RULE, "http://a")
     assert p["first_seen"] == "2026-11-20T12:00:00Z"
     assert datetime.fromisoformat(p["last_seen"]).tzinfo == UTC
+
+
+# -- fixes from the review of the alerting (each test fails without its fix) --
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as probe:        # aiosmtpd's start-up check needs a real port
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 that no system trusts, and its key."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upmetr test smtp")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "smtp.pem", tmp_path / "smtp.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+class _Inbox:
+    def __init__(self):
+        self.messages = []
+        self.logins = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope)
+        return "250 OK"
+
+    def authenticate(self, server, session, envelope, mechanism, data):
+        from aiosmtpd.smtp import AuthResult
+        self.logins.append((data.login, data.password))
+        return AuthResult(success=True)
+
+
+def test_starttls_verifies_the_server_certificate_before_sending_the_password(tmp_path):
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    cert, key = _self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    inbox, port = _Inbox(), _free_port()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=server_tls,
+                      require_starttls=True, authenticator=inbox.authenticate, auth_require_tls=True)
+    smtp.start()
+    try:
+        p = payload(alert_row(), RULE, "http://audit")
+        untrusted = Email("127.0.0.1", port, "audit@upmetr.test", ["sec@acme.test"], user="alerts",
+                          password="s3cret-smtp-pw", starttls=True)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            untrusted.send(p)
+        assert inbox.logins == [] and inbox.messages == []
+        trusted = Email("127.0.0.1", port, "audit@upmetr.test", ["sec@acme.test"], user="alerts",
+                        password="s3cret-smtp-pw", starttls=True, cafile=cert)
+        trusted.send(p)
+    finally:
+        smtp.stop()
+    assert inbox.logins == [(b"alerts", b"s3cret-smtp-pw")] and len(inbox.messages) == 1
+
+
+def test_a_hostile_key_cannot_add_email_headers_or_stop_the_email_thread(tmp_path):
+    from aiosmtpd.controller import Controller
+
+    inbox, port = _Inbox(), _free_port()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=port)
+    smtp.start()
+    try:
+        n = Notifier(str(tmp_path / "outbox"), [Email("127.0.0.1", port, "audit@upmetr.test",
+                                                      ["sec@acme.test"])], "http://audit",
+                     backoff_initial_s=0.01, backoff_max_s=0.05)
+        n.start()
+        n.notify(dict(alert_row(), key="evil@x.test\r\nBcc: attacker@evil.test"), RULE)
+        n.notify(dict(alert_row("resolved", 2), key="b@acme.test"), RULE)
+        wait_for(lambda: len(inbox.messages) == 2)
+        n.close()
+    finally:
+        smtp.stop()
+    assert [m.rcpt_tos for m in inbox.messages] == [["sec@acme.test"]] * 2
+    first = inbox.messages[0].content.decode()
+    assert "\nBcc:" not in first and "evil@x.test\\r\\nBcc: attacker@evil.test" in first
+
+
+def test_a_malformed_answer_is_dead_lettered_and_the_thread_keeps_delivering(tmp_path):
+    """A receiver answering garbage (http.client.BadStatusLine, not an OSError)
+    once: that notification goes to the dead-letter file, the next one arrives."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    answers = [b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]
+    bodies = []
+
+    def serve():
+        for answer in answers:
+            conn, _ = srv.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+                        data.split(b"Content-Length: ")[1].split(b"\r\n")[0]):
+                    data += conn.recv(65536)
+                bodies.append(data.split(b"\r\n\r\n", 1)[1])
+                conn.sendall(answer)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    n = Notifier(str(tmp_path / "outbox"), [Webhook(f"http://127.0.0.1:{srv.getsockname()[1]}/h")],
+                 "http://x", backoff_initial_s=0.01, backoff_max_s=0.05)
+    n.start()
+    n.notify(alert_row(), RULE)
+    n.notify(alert_row("resolved", 2), RULE)
+    wait_for(lambda: n.delivered == 1)
+    assert n._threads[0].is_alive()
+    n.close()
+    srv.close()
+    [dead] = [json.loads(line) for line in open(tmp_path / "outbox" / "webhook.dead.jsonl")]
+    assert dead["notification"]["event"] == "opened" and "BadStatusLine" in dead["error"]
+    assert [json.loads(b)["event"] for b in bodies] == ["opened", "resolved"]
+    assert (n.delivered, n.dead_lettered, n.pending()) == (1, 1, 0)
+
+
+def test_a_redirect_is_not_delivered_and_stays_queued(tmp_path):
+    """urllib would follow a 302 with a GET without the body; the 200 at the
+    end is no delivery. The notification stays in the outbox for a retry."""
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def handle_one(self):
+            seen.append((self.command, self.path))
+            self.send_response(302 if self.path == "/hook" else 200)
+            self.send_header("Location", "/moved")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET = handle_one
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        n = Notifier(str(tmp_path / "outbox"), [Webhook(f"http://127.0.0.1:{server.server_port}/hook")],
+                     "http://x")
+        n.notify(alert_row(), RULE)
+        assert n.drain() == 1
+        n.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [("POST", "/hook")]
+    assert (n.delivered, n.dead_lettered) == (0, 0)
+
+
+def test_dead_lettered_notifications_are_not_counted_as_delivered(tmp_path, receiver):
+    r = receiver(statuses=[410])
+    n = Notifier(str(tmp_path / "outbox"), [Webhook(r.url)], "http://x")
+    n.notify(alert_row(), RULE)
+    n.notify(alert_row("resolved", 2), RULE)
+    assert n.drain() == 0
+    n.close()
+    assert (n.delivered, n.dead_lettered) == (1, 1)
+
+
+def test_slack_text_escapes_what_the_attacker_chose(tmp_path, receiver):
+    r = receiver()
+    n = Notifier(str(tmp_path / "outbox"), [Webhook(r.url, fmt="slack")], "http://audit")
+    n.notify(dict(alert_row(), key="<https://evil.test/sso|Re-authenticate here> & <!channel>"), RULE)
+    n.drain()
+    n.close()
+    [(_, body)] = r.accepted
+    text = json.loads(body)["text"]
+    assert "&lt;https://evil.test/sso|Re-authenticate here&gt; &amp; &lt;!channel&gt;" in text
+    assert "<https://evil" not in text and "<!channel>" not in text
+    assert text.count("<") == 1 and text.endswith("|Open the audit log>")
+
+
+def test_an_error_outside_the_send_does_not_stop_the_delivery_thread(tmp_path, receiver):
+    """The dead-letter file cannot be written (here: a directory is in its
+    place): the thread logs, keeps the notification and retries; once the file
+    can be written, the queue moves on."""
+    r = receiver(statuses=[400] * 10_000)
+    outbox = tmp_path / "outbox"
+    n = Notifier(str(outbox), [Webhook(r.url)], "http://x", backoff_initial_s=0.01, backoff_max_s=0.05)
+    (outbox / "webhook.dead.jsonl").mkdir()
+    n.start()
+    n.notify(alert_row(), RULE)
+    wait_for(lambda: len(r.requests) >= 2)
+    assert n._threads[0].is_alive() and n.pending() == 1
+    (outbox / "webhook.dead.jsonl").rmdir()
+    wait_for(lambda: n.dead_lettered == 1)
+    assert n.pending() == 0 and n._threads[0].is_alive()
+    n.close()

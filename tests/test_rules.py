@@ -167,3 +167,19 @@ def test_detect_checks_the_schema_instead_of_migrating(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip() == "Error: the audit schema is not installed; run `upmetr-audit db migrate`"
+
+
+def test_allowlists_of_every_level_add_up_without_repeats():
+    rs = rules.from_mapping({
+        "allow": ["10.0.0.0/8"],
+        "rules": {"user_brute_force": {"allow": ["172.16.0.0/12", "10.0.0.0/8"]}},
+        "orgs": {"org-a": {"allow": ["198.51.100.0/24"],
+                           "rules": {"user_brute_force": {"allow": ["192.0.2.0/24", "10.1.2.3/8"]}}}}})
+    assert rs.for_org("org-a", "user_brute_force").allow == (
+        "10.0.0.0/8", "172.16.0.0/12", "198.51.100.0/24", "192.0.2.0/24")
+    assert rs.for_org("org-b", "user_brute_force").allow == ("10.0.0.0/8", "172.16.0.0/12")
+    nets = [f"10.0.{i}.0/24" for i in range(rules.MAX_ALLOW_NETWORKS)]
+    with pytest.raises(rules.RuleError, match=r"^alert rules: orgs\.org-a\.rules\.ip_brute_force: "
+                                              r"allows 65 networks in all; at most 64$"):
+        rules.from_mapping({"allow": nets, "orgs": {"org-a": {"rules": {"ip_brute_force": {
+            "allow": ["192.0.2.0/24", "10.0.1.0/24"]}}}}})

@@ -214,3 +214,22 @@ def test_hostile_alert_keys_are_escaped(store):
 def _token(client) -> str:
     html = client.get("/audit/alerts").get_data(as_text=True)
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def test_an_ipv6_alert_is_keyed_by_its_64_and_its_link_lists_the_counted_events(store):
+    """One host rotating through its /64 is one source; the link's ip filter
+    (a CIDR) lists every failure the rule counted, and nothing from outside."""
+    accounts.create_user(store.client, "root@acme.test", "acme", "superadmin", PASSWORD)
+    accounts.set_module(store.client, "acme", accounts.AUDIT_MODULE, True)
+    start = NOW - timedelta(minutes=8)
+    counted = [sc.fail(start + timedelta(seconds=20 * i), f"u{i % 5}@acme.test", f"2001:db8:7:7::{i + 1:x}",
+                       org="acme") for i in range(21)]
+    outside = [sc.fail(start, "u1@acme.test", "2001:db8:7:8::1", org="acme")]
+    insert_events(store.client, counted + outside)
+    Detector(store.client).run_once(NOW)
+    app = create_app({"STORE_CLIENT": store.client, "SECRET_KEY": "k" * 40, "TESTING": True})
+    client = signed_in(app, "root@acme.test")
+    [alert] = [a for a in client.get("/api/v1/alerts").get_json()["alerts"] if a["rule"] == "ip_brute_force"]
+    assert (alert["key"], alert["value"]) == ("2001:db8:7:7::/64", 21)
+    events = client.get("/api/v1/events?" + urlsplit(alert["events_link"]).query).get_json()["events"]
+    assert len(events) == 21 and {e["ip"] for e in events} == {e["ip"] for e in counted}
