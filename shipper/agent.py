@@ -28,6 +28,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -39,6 +40,14 @@ from .spool import SpoolError, SpoolFullError
 
 log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 1024 * 1024
+#: The first bytes of a file identify it with its (device, inode): an inode
+#: reused by a new file, or a copytruncated file written again past the old
+#: offset, starts with other bytes.
+HEAD_BYTES = 1024
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -49,12 +58,18 @@ class _File:
     offset: int
     fd: int | None = None
     partial: bytes = b""
+    head: bytes = b""            # the file's first min(offset, HEAD_BYTES) bytes
+    saved: dict | None = None    # its checkpoint, checked against the file when it is opened
+    rotated: bool = False        # found rotated away at start-up: read to its end, then dropped
+    skipping: bool = False       # after a line too long: skip to the next newline
 
 
 def parse_time(value) -> int:
     if isinstance(value, bool) or value is None:
         raise ValueError("missing time: give time_unix_nano (ns) or timestamp (RFC 3339)")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"invalid time {value!r}")
         return int(value)
     if isinstance(value, str) and value.isdigit():
         return int(value)
@@ -77,7 +92,10 @@ def line_to_record(text: bytes, dev: int, ino: int, offset: int) -> tuple[str, d
     event_name = event.pop("event_name", None)
     if not isinstance(event_name, str) or not event_name:
         raise ValueError("missing event_name")
-    ts = parse_time(event.pop("time_unix_nano", event.pop("timestamp", None)))
+    try:
+        ts = parse_time(event.pop("time_unix_nano", event.pop("timestamp", None)))
+    except (TypeError, OverflowError) as exc:
+        raise ValueError(f"invalid time: {exc}") from None
     if not event.get(c.EVENT_ID):
         digest = bytearray(hashlib.sha256(f"{dev}:{ino}:{offset}:".encode() + text).digest()[:16])
         digest[6] = (digest[6] & 0x0F) | 0x80  # version 8: a custom, name-derived UUID
@@ -100,15 +118,20 @@ class Agent:
         self.files: dict[tuple[int, int], _File] = {}
         self.lines_read = self.shipped = self.dead_lettered = 0
         self.spool_error: str | None = None  # why reading waits, while the spool refuses
-        self._saved = self._load_checkpoints()
+        self._saved = self._load_checkpoints()  # emptied by the first poll
         self._last_checkpoint = 0.0
+        self._stop = threading.Event()  # run()'s: a full spool does not hold a stop up
 
     # -- checkpoints ------------------------------------------------------------
 
-    def _load_checkpoints(self) -> dict[tuple[int, int], int]:
+    def _load_checkpoints(self) -> dict[tuple[int, int], dict]:
         try:
             with open(self.checkpoint_path) as f:
-                return {(e["dev"], e["ino"]): e["offset"] for e in json.load(f)}
+                entries = json.load(f)
+            return {(e["dev"], e["ino"]): {"path": str(e.get("path", "")), "offset": int(e["offset"]),
+                                           "head_len": int(e.get("head_len", 0)),
+                                           "head_sha256": str(e.get("head_sha256", _digest(b"")))}
+                    for e in entries}
         except FileNotFoundError:
             return {}
         except (ValueError, KeyError, TypeError):
@@ -117,7 +140,9 @@ class Agent:
             return {}
 
     def save_checkpoints(self) -> None:
-        entries = [{"path": f.path, "dev": f.dev, "ino": f.ino, "offset": f.offset}
+        entries = [{"path": f.path, "dev": f.dev, "ino": f.ino, "offset": f.offset,
+                    "head_len": len(f.head), "head_sha256": _digest(f.head)}
+                   if f.saved is None else {"dev": f.dev, "ino": f.ino, **f.saved}  # not opened yet
                    for f in self.files.values()]
         tmp = self.checkpoint_path + ".tmp"
         try:
@@ -144,7 +169,39 @@ class Agent:
                     continue
                 key = (st.st_dev, st.st_ino)
                 if key not in self.files and os.path.isfile(path):
-                    self.files[key] = _File(path, *key, offset=self._saved.get(key, 0))
+                    self.files[key] = _File(path, *key, offset=0, saved=self._saved.pop(key, None))
+
+    def _find_rotated(self) -> None:
+        """At start-up: a checkpointed file no glob matches any more was
+        rotated away while the agent was stopped. Find it next to its old path
+        (``<path>.*``, same device, inode and first bytes) and read it to its
+        end; if it cannot be found, say that its unread lines are lost."""
+        for (dev, ino), saved in self._saved.items():
+            path = saved["path"]
+            for candidate in [path, *sorted(glob.glob(glob.escape(path) + ".*"))] if path else []:
+                try:
+                    st = os.stat(candidate)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) == (dev, ino) and self._same_head(candidate, saved):
+                    log.info("a file rotated while the agent was stopped: reading it to its end",
+                             extra={"path": candidate, "was": path})
+                    self.files[(dev, ino)] = _File(candidate, dev, ino, 0, saved=saved, rotated=True)
+                    break
+            else:
+                log.warning("a checkpointed file is gone (rotated away or deleted while the agent "
+                            "was stopped); lines written to it after the checkpoint were not shipped",
+                            extra={"path": path, "offset": saved["offset"]})
+        self._saved = {}
+
+    @staticmethod
+    def _same_head(path: str, saved: dict) -> bool:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(saved["head_len"])
+        except OSError:
+            return False
+        return len(head) == saved["head_len"] and _digest(head) == saved["head_sha256"]
 
     def _open(self, f: _File) -> bool:
         if f.fd is None:
@@ -156,13 +213,28 @@ class Agent:
                 os.close(f.fd)
                 f.fd = None
                 return False
+            if f.saved is not None:
+                self._resume(f)
         return True
+
+    def _resume(self, f: _File) -> None:
+        """Continue at the checkpoint if the file still starts with the bytes it
+        had: a new file that reuses a deleted file's inode is read from its start."""
+        saved, f.saved = f.saved, None
+        head = os.pread(f.fd, saved["head_len"], 0)
+        if len(head) == saved["head_len"] and _digest(head) == saved["head_sha256"]:
+            f.offset, f.head = saved["offset"], head
+        else:
+            log.warning("a checkpointed inode now holds another file; reading it from its start",
+                        extra={"path": f.path})
 
     # -- reading ----------------------------------------------------------------
 
     def poll_once(self) -> int:
         """Read every new complete line of every file; returns lines handled."""
         self._discover()
+        if self._saved:
+            self._find_rotated()
         handled = 0
         for key, f in list(self.files.items()):
             if not self._open(f):
@@ -170,11 +242,14 @@ class Agent:
                     del self.files[key]
                 continue
             size = os.fstat(f.fd).st_size
-            if size < f.offset:  # copytruncate: the file started over
+            # copytruncate: the file started over (and may be past the old offset already)
+            if size < f.offset or (f.head and os.pread(f.fd, len(f.head), 0) != f.head):
                 log.info("file was truncated; reading it from the start", extra={"path": f.path})
-                f.offset, f.partial = 0, b""
+                f.offset, f.partial, f.head, f.skipping = 0, b"", b"", False
             handled += self._read(f)
-            if self._gone(f):
+            if len(f.head) < min(f.offset, HEAD_BYTES):
+                f.head = os.pread(f.fd, min(f.offset, HEAD_BYTES), 0)
+            if self._gone(f) and self._finish(f):
                 os.close(f.fd)
                 del self.files[key]
         if time.monotonic() - self._last_checkpoint >= self.checkpoint_every_s:
@@ -185,11 +260,31 @@ class Agent:
         """Read to the end and no longer at its path (rotated away or deleted)."""
         if os.fstat(f.fd).st_size > f.offset + len(f.partial):
             return False
+        if f.rotated:
+            return True
         try:
             st = os.stat(f.path)
         except FileNotFoundError:
             return True
         return (st.st_dev, st.st_ino) != (f.dev, f.ino)
+
+    def _finish(self, f: _File) -> bool:
+        """A file read to its end and gone: its last line, if it has no
+        newline, is read as it is (nothing will complete it). False if the
+        spool cannot take it now (the file is kept for the next poll)."""
+        if not f.partial:
+            return True
+        log.warning("a rotated or deleted file ends without a newline; reading its last line "
+                    "as it is", extra={"path": f.path, "offset": f.offset})
+        try:
+            self._handle(f, f.partial, f.offset)
+        except SpoolError as exc:
+            self.lines_read -= 1
+            self.spool_error = str(exc)
+            return False
+        f.offset += len(f.partial)
+        f.partial = b""
+        return True
 
     def _read(self, f: _File) -> int:
         handled = 0
@@ -197,6 +292,11 @@ class Agent:
             chunk = os.pread(f.fd, 1024 * 1024, f.offset + len(f.partial))
             if not chunk:
                 return handled
+            if f.skipping:  # the rest of a line too long, already dead-lettered
+                nl = chunk.find(b"\n")
+                f.offset += len(chunk) if nl == -1 else nl + 1
+                f.skipping = nl == -1
+                continue
             data = f.partial + chunk
             start = 0
             try:
@@ -222,6 +322,7 @@ class Agent:
                 self._dead(f, f.offset, f.partial[:200], f"line longer than {MAX_LINE_BYTES} bytes")
                 f.offset += len(f.partial)
                 f.partial = b""
+                f.skipping = True
 
     def _handle(self, f: _File, text: bytes, offset: int) -> None:
         self.lines_read += 1
@@ -236,10 +337,12 @@ class Agent:
             try:
                 self.audit.emit_record(event_name, attrs, ts)
                 break
-            except ValueError as exc:
+            except (ValueError, TypeError, OverflowError) as exc:  # a value that cannot be sent
                 self._dead(f, offset, text, str(exc))
                 return
             except SpoolFullError as exc:  # the collector is away: wait, never drop
+                if self._stop.is_set():  # the line waits in its file for the next run
+                    raise SpoolError(0, f"stopping while the spool is full: {exc}") from None
                 log.warning("spool full; waiting before reading on", extra={"error": str(exc)})
         self.shipped += 1
 
@@ -258,6 +361,7 @@ class Agent:
 
     def run(self, stop: threading.Event, progress=None, progress_every_s: float = 5.0) -> None:
         last = time.monotonic()
+        self._stop = stop
         try:
             while not stop.is_set():
                 self.poll_once()
@@ -265,7 +369,8 @@ class Agent:
                     progress(self)
                     last = time.monotonic()
                 stop.wait(self.poll_interval_s)
-            self.poll_once()
+            if self.spool_error is None:  # a last read, unless the spool refuses lines
+                self.poll_once()
         finally:
             self.save_checkpoints()
             for f in self.files.values():

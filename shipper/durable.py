@@ -23,12 +23,15 @@ so a batch on the wire is simply the payloads joined.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import logging
+import os
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import asdict, dataclass
 
@@ -43,7 +46,7 @@ from opentelemetry.sdk._logs import LogRecordProcessor
 
 from . import contract
 from .spool import Position, SpoolError, SpoolFullError
-from .transport import OK, PARTIAL, PERMANENT, RETRY, TOO_LARGE
+from .transport import PARTIAL, PERMANENT, RETRY, TOO_LARGE
 from .values import attrs_to_dict
 
 log = logging.getLogger(__name__)
@@ -114,9 +117,27 @@ class Stats:
     dead_lettered: int = 0
     partial_successes: int = 0
     oldest_pending_age_s: float = 0.0
+    #: Why the sending thread cannot work (a disk error: the cursor or the
+    #: dead-letter file cannot be written); "" while it works.
+    sender_error: str = ""
+    sender_alive: bool = True
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def otlp_json(request: ExportLogsServiceRequest) -> dict:
+    """``request`` in OTLP/JSON form: camelCase keys, enums as integers, and
+    trace and span ids as hex (protobuf's JSON mapping writes them as base64,
+    which an OTLP/JSON receiver does not read)."""
+    out = json_format.MessageToDict(request, use_integers_for_enums=True)
+    for rl in out.get("resourceLogs", ()):
+        for sl in rl.get("scopeLogs", ()):
+            for rec in sl.get("logRecords", ()):
+                for key in ("traceId", "spanId"):
+                    if key in rec:
+                        rec[key] = base64.b64decode(rec[key]).hex()
+    return out
 
 
 class DeadLetter:
@@ -130,7 +151,7 @@ class DeadLetter:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with self._lock, open(self.path, "a", encoding="utf-8") as f:
             for p in payloads:
-                record = json_format.MessageToDict(ExportLogsServiceRequest.FromString(p))
+                record = otlp_json(ExportLogsServiceRequest.FromString(p))
                 f.write(json.dumps({"time": now, "reason": reason, "message": message,
                                     "request": record}, ensure_ascii=False) + "\n")
             f.flush()
@@ -242,12 +263,29 @@ class DurableLogRecordProcessor(LogRecordProcessor):
         self._shutdown = False
         self._oldest_ns = 0
         self._encoder = RecordEncoder()
+        self._pid, self._forked = os.getpid(), False
         self._worker = threading.Thread(target=self._run, name="upmetr-audit-shipper", daemon=True)
         self._worker.start()
+        # A forked child inherits the spool's descriptors but not the worker:
+        # its emits would go into the parent's spool (maybe an already
+        # deleted segment) and upset the parent's counts. The child refuses.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (p := ref()) and p._after_fork_in_child())
+
+    def _after_fork_in_child(self) -> None:
+        self._forked = True
+
+    def _refuse_in_forked_child(self) -> None:
+        raise RuntimeError(
+            f"this audit logger was created in process {self._pid}, before os.fork(); a forked "
+            f"child cannot use it (its spool and sending thread belong to the parent): create a "
+            f"new AuditLogger in the child, with its own spool_dir")
 
     # -- the SDK's processor interface ----------------------------------------
 
     def on_emit(self, log_record) -> None:
+        if self._forked:
+            self._refuse_in_forked_child()
         if self._shutdown:
             raise SpoolError(0, "the audit shipper is shut down")
         payload = self._encoder.encode(log_record)
@@ -265,6 +303,8 @@ class DurableLogRecordProcessor(LogRecordProcessor):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Wait until every emitted event is delivered or dead-lettered."""
+        if self._forked:
+            self._refuse_in_forked_child()
         deadline = time.monotonic() + timeout_millis / 1000
         with self._lock:
             self._flushing += 1
@@ -281,15 +321,20 @@ class DurableLogRecordProcessor(LogRecordProcessor):
     def shutdown(self, timeout_millis: int | None = None) -> int:
         """Flush for up to the timeout, then stop. Returns the events left in
         the spool (sent by the next process that opens it). Idempotent."""
+        if self._forked:  # at a forked child's exit: the spool is the parent's, leave it be
+            return 0
         if timeout_millis is None:
             timeout_millis = self.shutdown_timeout_millis
         if not self._shutdown:
+            deadline = time.monotonic() + timeout_millis / 1000
             self.force_flush(timeout_millis)
             self._shutdown = True
             self._stopping.set()
             self._wake.set()
             self._full.set()
-            self._worker.join(5)
+            self._worker.join(max(0.0, deadline - time.monotonic()))
+            if self._worker.is_alive():  # inside a send: what it has not acknowledged stays spooled
+                log.warning("audit shipper: shutdown timed out while a batch was being sent")
             self.queue.close()
             self.sender.close()
         return self.stats.pending
@@ -301,51 +346,90 @@ class DurableLogRecordProcessor(LogRecordProcessor):
         return not self._stopping.wait(seconds)
 
     def _run(self) -> None:
-        attempt = 0
+        """Deliver until shutdown. A disk error here (the cursor or the
+        dead-letter file cannot be written: a full disk) must not end the
+        thread: it is logged, shown in ``stats()``, and the batch is read
+        again after a backoff (the collector de-duplicates a resend)."""
+        attempt = failures = 0
         while not self._stopping.is_set():
-            self._linger()
-            payloads, pos = self.queue.read(self.max_batch)
-            if not payloads:
-                self._notify_idle()
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            if not self._oldest_ns:
-                self._oldest_ns = _record_time_ns(payloads[0])
-            result = self.sender.send(b"".join(payloads))
-            if result.outcome == RETRY:
-                attempt += 1
-                self.stats.retried += 1
-                delay = result.retry_after_s
-                if delay is None:
-                    delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1))
-                    delay *= random.uniform(0.8, 1.2)
-                log.warning("audit events not delivered, retrying",
-                            extra={"reason": result.message, "retry_in_s": round(delay, 2),
-                                   "attempt": attempt})
+            try:
+                attempt = self._deliver_once(attempt)
+            except Exception as exc:  # noqa: BLE001 - the thread must live on
+                failures += 1
+                delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(failures - 1, 16))
+                with self._lock:
+                    self.stats.sender_error = f"{type(exc).__name__}: {exc}"
+                log.error("audit shipper: the sending thread failed; retrying",
+                          exc_info=True, extra={"error": str(exc), "retry_in_s": delay})
                 self.queue.rewind()
                 if not self._sleep(delay):
                     break
                 continue
-            attempt = 0
-            if result.outcome == TOO_LARGE and len(payloads) > 1:
-                self.queue.rewind()
-                self.max_batch = max(1, len(payloads) // 2)
-                continue
-            if result.outcome in (PERMANENT, TOO_LARGE):
-                self.dead_letter.write(payloads, result.outcome, result.message)
-                self._count_dead(len(payloads))
-                log.error("audit events refused by the collector; written to dead-letter",
-                          extra={"events": len(payloads), "reason": result.message,
-                                 "dead_letter": self.dead_letter.path})
-            elif result.outcome == PARTIAL:
-                self._partial(payloads, result)
-            self.queue.ack(pos)
-            with self._lock:
-                self.stats.sent += len(payloads) if result.outcome == OK else 0
-                self.stats.pending -= len(payloads)
-            self._oldest_ns = 0
+            if failures:
+                failures = 0
+                with self._lock:
+                    self.stats.sender_error = ""
+                log.warning("audit shipper: the sending thread works again")
+
+    def _deliver_once(self, attempt: int) -> int:
+        """Read, send and settle one batch; returns the retry attempt count."""
+        self._linger()
+        payloads, pos = self.queue.read(self.max_batch)
+        if not payloads:
             self._notify_idle()
+            self._wake.wait(0.5)
+            self._wake.clear()
+            return attempt
+        if not self._oldest_ns:
+            self._oldest_ns = _record_time_ns(payloads[0])
+        result = self.sender.send(b"".join(payloads))
+        if result.outcome == RETRY:
+            attempt += 1
+            with self._lock:
+                self.stats.retried += 1
+            delay = self._retry_delay(result.retry_after_s, attempt)
+            log.warning("audit events not delivered, retrying",
+                        extra={"reason": result.message, "retry_in_s": round(delay, 2),
+                               "attempt": attempt})
+            self.queue.rewind()
+            self._sleep(delay)
+            return attempt
+        if result.outcome == TOO_LARGE and len(payloads) > 1:
+            self.queue.rewind()
+            self.max_batch = max(1, len(payloads) // 2)
+            return 0
+        if result.outcome in (PERMANENT, TOO_LARGE):
+            self.dead_letter.write(payloads, result.outcome, result.message)
+            dead = len(payloads)
+            log.error("audit events refused by the collector; written to dead-letter",
+                      extra={"events": len(payloads), "reason": result.message,
+                             "dead_letter": self.dead_letter.path})
+        elif result.outcome == PARTIAL:
+            dead = self._partial(payloads, result)
+        else:
+            dead = 0
+        self.queue.ack(pos)  # counted only once acknowledged: a failed ack sends them again
+        with self._lock:
+            self.stats.sent += len(payloads) - dead
+            self.stats.dead_lettered += dead
+            self.stats.partial_successes += result.outcome == PARTIAL
+            self.stats.pending -= len(payloads)
+        self._oldest_ns = 0
+        self._notify_idle()
+        return 0
+
+    def _retry_delay(self, retry_after_s: float | None, attempt: int) -> float:
+        """The server's ``Retry-After`` / ``RetryInfo`` kept within
+        [``backoff_initial_s``, ``backoff_max_s``] (a day would park delivery,
+        0 would hammer the server), else exponential backoff with jitter."""
+        if retry_after_s is None:
+            delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(attempt - 1, 16))
+            return delay * random.uniform(0.8, 1.2)
+        delay = min(max(retry_after_s, self.backoff_initial_s), self.backoff_max_s)
+        if delay != retry_after_s:
+            log.warning("the server's retry delay is out of range; waiting %.2f s instead of %g s",
+                        delay, retry_after_s)
+        return delay
 
     def _linger(self) -> None:
         """Wait up to ``linger_s`` for a full batch (or a flush, or shutdown)."""
@@ -358,22 +442,16 @@ class DurableLogRecordProcessor(LogRecordProcessor):
             self._full.wait(remaining)
             self._full.clear()
 
-    def _count_dead(self, n: int) -> None:
-        with self._lock:
-            self.stats.dead_lettered += n
-
-    def _partial(self, payloads: list[bytes], result) -> None:
+    def _partial(self, payloads: list[bytes], result) -> int:
+        """Dead-letter what the server refused of a batch; returns how many."""
         now = time.time_ns()
         refused = [p for p in payloads if locally_refused(p, now)]
         if len(refused) != result.rejected:
             refused = payloads  # cannot tell which: keep them all for inspection
         self.dead_letter.write(refused, "partial success", result.message)
-        self._count_dead(len(refused))
-        with self._lock:
-            self.stats.partial_successes += 1
-            self.stats.sent += len(payloads) - len(refused)
         log.error("collector refused part of a batch; refused records written to dead-letter",
                   extra={"rejected": result.rejected, "reason": result.message})
+        return len(refused)
 
     def _notify_idle(self) -> None:
         """Wake ``force_flush`` waiters to look at ``stats.pending`` again."""
@@ -383,6 +461,7 @@ class DurableLogRecordProcessor(LogRecordProcessor):
     def current_stats(self) -> dict:
         with self._lock:
             stats = self.stats.as_dict()
+        stats["sender_alive"] = self._worker.is_alive()
         stats["oldest_pending_age_s"] = (
             round((time.time_ns() - self._oldest_ns) / 1e9, 3) if self._oldest_ns and
             stats["pending"] else 0.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,38 @@ from .transport import sender_from_env
 #: Keyword arguments of ``emit`` that name contract attributes.
 _KEYWORDS = {"user_id": c.USER_ID, "user_agent": c.USER_AGENT, "session_id": c.SESSION_ID,
              "actor_type": c.ACTOR_TYPE}
+
+
+_UUID = re.compile(c.UUID_PATTERN)
+_INT64 = range(-(2**63), 2**63)
+
+
+def check_values(attrs: Mapping[str, Any]) -> None:
+    """``ValueError`` for a value OTLP cannot carry, which the SDK's encoder
+    would drop with only a log line: text that is not valid Unicode (a lone
+    surrogate) and integers beyond 64 bits. Cheap for ASCII text."""
+    for key, value in attrs.items():
+        _check_value(key, key)
+        _check_value(key, value)
+
+
+def _check_value(key: str, value) -> None:
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ValueError(f"attribute {key!r}: {value!r} is not valid Unicode text "
+                                 f"(a lone surrogate)") from None
+    elif isinstance(value, int):
+        if value not in _INT64:
+            raise ValueError(f"attribute {key!r}: {value} does not fit in 64 bits; "
+                             f"send it as a string")
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_value(key, v)
+    elif isinstance(value, Mapping):
+        check_values(value)
 
 
 def _did_you_mean(action: str) -> str:
@@ -76,6 +109,10 @@ def build_attributes(action: str, *, org: str, user: str, status: str, resource=
     for key, value in attributes.items():
         if value is not None:
             attrs[_KEYWORDS.get(key, key)] = value
+    if (event_id is not None or c.EVENT_ID in attributes) and not (
+            isinstance(attrs[c.EVENT_ID], str) and _UUID.fullmatch(attrs[c.EVENT_ID])):
+        raise ValueError(f"{action}: event id {attrs[c.EVENT_ID]!r} is not a UUID")
+    check_values(attrs)
     return attrs
 
 
@@ -85,8 +122,17 @@ def _timestamp_ns(timestamp) -> int:
     if isinstance(timestamp, dt.datetime):
         if timestamp.tzinfo is None:
             raise ValueError("timestamp must be timezone-aware (e.g. datetime.now(timezone.utc))")
-        return int(timestamp.timestamp() * 1e9)
-    return int(timestamp)
+        ns = int(timestamp.timestamp()) * 10**9 + timestamp.microsecond * 1000
+    elif isinstance(timestamp, int) and not isinstance(timestamp, bool):
+        ns = timestamp
+    else:
+        raise ValueError(f"timestamp must be an aware datetime or int nanoseconds since the "
+                         f"epoch (time.time_ns()), not {timestamp!r}")
+    if not c.MIN_TIMESTAMP_NS <= ns <= time.time_ns() + c.MAX_FUTURE_NS:
+        raise ValueError(f"timestamp {timestamp!r} is before 2000 or more than a day ahead; "
+                         f"an int is nanoseconds since the epoch (time.time_ns()), not "
+                         f"seconds or milliseconds")
+    return ns
 
 
 def _count_records(spool: Spool) -> int:
@@ -143,7 +189,9 @@ class AuditLogger(CatalogHelpers):
         sender = sender_from_env(endpoint, protocol, dict(headers) if headers else None, compression)
         if mode != "fast":
             queue = Spool(self.spool_dir, max_bytes=spool_max_bytes,
-                          segment_bytes=min(8 * 1024 * 1024, spool_max_bytes),
+                          # a quarter of the bound at most: the active segment's
+                          # delivered bytes stay on disk until it rolls
+                          segment_bytes=max(4096, min(8 * 1024 * 1024, spool_max_bytes // 4)),
                           sync_interval_s=sync_interval_s if mode == "crash-safe" else 0.0)
             pending = _count_records(queue)
         else:
@@ -188,6 +236,7 @@ class AuditLogger(CatalogHelpers):
         reason = c.reject_reason(event_name, strings, timestamp_ns, time.time_ns())
         if reason:
             raise ValueError(reason)
+        check_values(attributes)
         status = strings[c.STATUS]
         self._logger.emit(
             event_name=event_name, timestamp=timestamp_ns, attributes=attributes,

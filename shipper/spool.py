@@ -251,7 +251,12 @@ class Spool:
 
     @property
     def size_bytes(self) -> int:
-        return sum(self._sizes.values()) + self._seg.size
+        """Bytes not yet acknowledged: delivered bytes at the start of the
+        cursor's segment do not count (a spool whose segment is as large as
+        the bound would otherwise stay full once that segment was written)."""
+        cursor, seg = self._cursor, self._seg
+        acked = cursor.offset if cursor.segment == seg.seq or cursor.segment in self._sizes else 0
+        return sum(self._sizes.values()) + seg.size - acked
 
     def append(self, payload: bytes, timeout_s: float | None = 5.0) -> None:
         """Write one event and return once it is on disk (fsynced, if enabled).

@@ -68,11 +68,15 @@ def parse_headers(text: str | None) -> dict[str, str]:
     return out
 
 
-def _partial(body: bytes) -> SendResult:
+def _partial(body: bytes, protobuf: bool = True) -> SendResult:
+    """Read a 200's body. One that is not an OTLP response (a proxy's page, a
+    wrong port) did not commit anything: retried, unless it says protobuf."""
     try:
         response = ExportLogsServiceResponse.FromString(body)
-    except Exception:  # noqa: BLE001 - an unreadable 200 still means committed
-        return SendResult(OK)
+    except Exception:  # noqa: BLE001 - not an ExportLogsServiceResponse
+        if protobuf:  # the collector's own answer: committed, only unreadable
+            return SendResult(OK)
+        return SendResult(RETRY, f"a 200 response that is not OTLP: {body[:200]!r}")
     ps = response.partial_success
     if ps.rejected_log_records:
         return SendResult(PARTIAL, ps.error_message, ps.rejected_log_records)
@@ -101,7 +105,8 @@ class HttpSender:
         except requests.RequestException as exc:
             return SendResult(RETRY, f"cannot reach {self.endpoint}: {exc}")
         if resp.status_code == 200:
-            return _partial(resp.content)
+            return _partial(resp.content, resp.headers.get("Content-Type", "").startswith(
+                "application/x-protobuf"))
         message = self._message(resp)
         if resp.status_code in _RETRYABLE_HTTP or resp.status_code in _AUTH_HTTP:
             return SendResult(RETRY, message, retry_after_s=parse_retry_after(

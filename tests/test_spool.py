@@ -129,6 +129,17 @@ def test_full_spool_unblocks_when_delivery_frees_space(tmp_path):
     spool.close()
 
 
+@pytest.mark.parametrize("interval", [0.0, 0.05])
+def test_a_spool_as_small_as_its_segment_takes_more_than_its_size_once_delivered(tmp_path,
+                                                                                  interval):
+    spool = Spool(tmp_path, segment_bytes=8192, max_bytes=8192, sync_interval_s=interval)
+    for i in range(100):  # 100 x 520 bytes: six times the bound, each one delivered
+        spool.append(b"x" * 500, timeout_s=0.2)
+        assert drain(spool) == [b"x" * 500], i
+    assert spool.size_bytes == 0
+    spool.close()
+
+
 def test_second_process_cannot_open_the_same_spool(tmp_path):
     import subprocess
     import sys
