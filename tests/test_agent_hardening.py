@@ -119,13 +119,19 @@ def test_the_last_line_of_a_rotated_or_deleted_file_without_a_newline_is_read(
     assert [f.path for f in agent.files.values()] == ([str(log)] if how == "rename" else [])
 
 
-def test_a_file_rotated_while_the_agent_was_stopped_is_read_to_its_end(agent_for, store,
-                                                                      tmp_path):
+def read_then_stopped(agent_for, tmp_path, *lines):
+    """``app.log`` with ``lines``, read by an agent that then stopped; its path."""
     log = tmp_path / "app.log"
-    write(log, event(0), event(1))
+    write(log, *lines)
     agent = agent_for(str(log))
     agent.poll_once()
     stop(agent)
+    return log
+
+
+def test_a_file_rotated_while_the_agent_was_stopped_is_read_to_its_end(agent_for, store,
+                                                                      tmp_path):
+    log = read_then_stopped(agent_for, tmp_path, event(0), event(1))
     write(log, event(2), event(3))  # written while the agent is stopped
     os.rename(log, tmp_path / "app.log.1")
     write(log, event(4))
@@ -137,11 +143,7 @@ def test_a_file_rotated_while_the_agent_was_stopped_is_read_to_its_end(agent_for
 
 
 def test_a_checkpointed_file_that_is_gone_is_reported(agent_for, store, tmp_path, caplog):
-    log = tmp_path / "app.log"
-    write(log, event(0))
-    agent = agent_for(str(log))
-    agent.poll_once()
-    stop(agent)
+    log = read_then_stopped(agent_for, tmp_path, event(0))
     os.unlink(log)
     agent = agent_for(str(log))
     agent.poll_once()
