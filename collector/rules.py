@@ -397,7 +397,8 @@ def rule_sql(rules: RuleSet, rule_id: str, end: str) -> str | None:
     {end} - toIntervalMinute({window}) AS window_start,
     {end} AS window_end"""
     if rule.kind in ("failures", "distributed"):
-        measure = "count()" if rule.kind == "failures" else "uniqExact(ip)"
+        # distinct sources as the IP rules key them (an IPv6 /64 is one), an unknown address none
+        measure = "count()" if rule.kind == "failures" else f"uniqExactIf({IP_KEY}, {KNOWN_IP})"
         return f"""
 SELECT org_id, '{rule.key}' AS key_type, {key_col} AS key, {measure} AS value, {severity} AS severity,
     count() AS failures, min(timestamp) AS first_seen, max(timestamp) AS last_seen,

@@ -313,6 +313,19 @@ def test_events_without_a_client_address_are_not_one_attacker_ip(store):
     assert fired(r) == {("user_brute_force", "user", "victim@acme.test", "warning")}
 
 
+def test_a_distributed_attack_counts_sources_as_the_ip_rules_key_them(store):
+    """An unknown address (::) is no source, and one IPv6 /64 is one source."""
+    def attempts(user, ips):
+        return [sc.fail(sc.m(2 * i), user, ip) for i, ip in enumerate(ips)]
+    insert_events(store.client,
+                  attempts("a@acme.test", ["::", *(f"192.0.2.{i}" for i in range(1, 5))])
+                  + attempts("b@acme.test", [f"2001:db8:1:2::{i}" for i in range(1, 9)])
+                  + attempts("c@acme.test", [f"192.0.2.{i}" for i in range(1, 6)]))
+    got = {c["key"] for c in Detector(store.client).run_once(sc.m(12)).changes
+           if c["rule"] == "distributed_attack"}
+    assert got == {"c@acme.test"}
+
+
 def test_letter_case_does_not_split_one_account(store):
     names = ["victim@acme.test", "Victim@acme.test", "VICTIM@ACME.TEST"]
     events = [sc.fail(sc.m(10) + timedelta(seconds=40 * i), names[i % 3], "198.51.100.7") for i in range(12)]
