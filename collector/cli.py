@@ -203,18 +203,18 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None,
         raise
     http_url = f"http://{settings.otlp_http_addr.rsplit(':', 1)[0]}:{collector.http.port}"
     click.echo(f"store      {store.url}")
-    click.echo(f"OTLP/HTTP  {http_url}/v1/logs   (metrics {http_url}/metrics)")
-    click.echo(f"OTLP/gRPC  {settings.otlp_grpc_addr.rsplit(':', 1)[0]}:{collector.grpc.port}")
-    if settings.ingest_tokens:
-        click.echo(f"send with  Authorization: Bearer {settings.ingest_tokens[0]}")
     web_server = None
-    if web is not None:
+    if web is not None:  # before the endpoints: a busy web port fails before they are shown
         try:
             web_server = _start_web(store, collector, settings, http_url, **web)
         except BaseException:
             collector.shutdown()
             store.close()
             raise
+    click.echo(f"OTLP/HTTP  {http_url}/v1/logs   (metrics {http_url}/metrics)")
+    click.echo(f"OTLP/gRPC  {settings.otlp_grpc_addr.rsplit(':', 1)[0]}:{collector.grpc.port}")
+    if settings.ingest_tokens:
+        click.echo(f"send with  Authorization: Bearer {settings.ingest_tokens[0]}")
     detector = None
     if alerting is not None:
         from .alerts_cli import DetectorThread, describe

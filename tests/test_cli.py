@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -100,6 +101,20 @@ def test_bad_listen_address_is_an_error(tmp_path, addr):
     r = CliRunner().invoke(cli, ["collector", "--data-dir", str(tmp_path), "--insecure-no-auth",
                                  "--otlp-http-addr", addr])
     assert r.exit_code == 1 and "invalid address" in r.output
+
+
+def test_serve_on_a_busy_web_port_names_it_and_shows_no_endpoint_or_token(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [EXE, "serve", "--data-dir", str(tmp_path), "--otlp-http-addr", "127.0.0.1:0",
+             "--otlp-grpc-addr", "127.0.0.1:0", "--web-addr", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
+    assert "OTLP/HTTP" not in r.stdout and "Bearer" not in r.stdout
 
 
 def test_serve_demo_end_to_end_then_lock_then_clean_shutdown(tmp_path):
