@@ -50,6 +50,11 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _has_head(head: bytes, saved: dict) -> bool:
+    """Whether ``head`` (a file's first bytes) are those its checkpoint saw."""
+    return len(head) == saved["head_len"] and _digest(head) == saved["head_sha256"]
+
+
 @dataclass
 class _File:
     path: str
@@ -198,10 +203,9 @@ class Agent:
     def _same_head(path: str, saved: dict) -> bool:
         try:
             with open(path, "rb") as fh:
-                head = fh.read(saved["head_len"])
+                return _has_head(fh.read(saved["head_len"]), saved)
         except OSError:
             return False
-        return len(head) == saved["head_len"] and _digest(head) == saved["head_sha256"]
 
     def _open(self, f: _File) -> bool:
         if f.fd is None:
@@ -222,7 +226,7 @@ class Agent:
         had: a new file that reuses a deleted file's inode is read from its start."""
         saved, f.saved = f.saved, None
         head = os.pread(f.fd, saved["head_len"], 0)
-        if len(head) == saved["head_len"] and _digest(head) == saved["head_sha256"]:
+        if _has_head(head, saved):
             f.offset, f.head = saved["offset"], head
         else:
             log.warning("a checkpointed inode now holds another file; reading it from its start",
@@ -279,8 +283,7 @@ class Agent:
         try:
             self._handle(f, f.partial, f.offset)
         except SpoolError as exc:
-            self.lines_read -= 1
-            self.spool_error = str(exc)
+            self._spool_refused(f, exc)
             return False
         f.offset += len(f.partial)
         f.partial = b""
@@ -307,11 +310,7 @@ class Agent:
             except SpoolError as exc:  # a full disk: this line and the rest wait in the file
                 f.offset += start
                 f.partial = b""
-                self.lines_read -= 1  # that line is read again at the next poll
-                if self.spool_error is None:
-                    log.warning("the spool cannot take events; reading waits until it can",
-                                extra={"error": str(exc), "path": f.path})
-                self.spool_error = str(exc)
+                self._spool_refused(f, exc)
                 return handled
             if self.spool_error is not None and start:
                 log.info("the spool takes events again; reading goes on", extra={"path": f.path})
@@ -323,6 +322,14 @@ class Agent:
                 f.offset += len(f.partial)
                 f.partial = b""
                 f.skipping = True
+
+    def _spool_refused(self, f: _File, exc: SpoolError) -> None:
+        """The spool refused a line: it is read again at the next poll."""
+        self.lines_read -= 1
+        if self.spool_error is None:
+            log.warning("the spool cannot take events; reading waits until it can",
+                        extra={"error": str(exc), "path": f.path})
+        self.spool_error = str(exc)
 
     def _handle(self, f: _File, text: bytes, offset: int) -> None:
         self.lines_read += 1

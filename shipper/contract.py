@@ -62,7 +62,7 @@ ATTRIBUTES: dict[str, str] = {
 
 #: Canonical textual UUID (8-4-4-4-12 hex digits). Used by Python and by SQL.
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-_UUID_RE = re.compile(UUID_PATTERN)
+UUID_RE = re.compile(UUID_PATTERN)
 
 #: Events before this instant are refused as absurd (2000-01-01T00:00:00Z).
 MIN_TIMESTAMP_NS = 946_684_800 * 10**9
@@ -162,7 +162,7 @@ def reject_reason(
     uid = attrs.get(EVENT_ID, "")
     if not uid:
         return Reason.MISSING_EVENT_ID
-    if not _UUID_RE.fullmatch(uid):
+    if not UUID_RE.fullmatch(uid):
         return Reason.INVALID_EVENT_ID
     if not attrs.get(ORG_ID, ""):
         return Reason.MISSING_ORG

@@ -356,7 +356,7 @@ class DurableLogRecordProcessor(LogRecordProcessor):
                 attempt = self._deliver_once(attempt)
             except Exception as exc:  # noqa: BLE001 - the thread must live on
                 failures += 1
-                delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(failures - 1, 16))
+                delay = self._retry_delay(None, failures)
                 with self._lock:
                     self.stats.sender_error = f"{type(exc).__name__}: {exc}"
                 log.error("audit shipper: the sending thread failed; retrying",

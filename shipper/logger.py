@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +27,6 @@ _KEYWORDS = {"user_id": c.USER_ID, "user_agent": c.USER_AGENT, "session_id": c.S
              "actor_type": c.ACTOR_TYPE}
 
 
-_UUID = re.compile(c.UUID_PATTERN)
 _INT64 = range(-(2**63), 2**63)
 
 
@@ -110,7 +108,7 @@ def build_attributes(action: str, *, org: str, user: str, status: str, resource=
         if value is not None:
             attrs[_KEYWORDS.get(key, key)] = value
     if (event_id is not None or c.EVENT_ID in attributes) and not (
-            isinstance(attrs[c.EVENT_ID], str) and _UUID.fullmatch(attrs[c.EVENT_ID])):
+            isinstance(attrs[c.EVENT_ID], str) and c.UUID_RE.fullmatch(attrs[c.EVENT_ID])):
         raise ValueError(f"{action}: event id {attrs[c.EVENT_ID]!r} is not a UUID")
     check_values(attrs)
     return attrs
