@@ -6,10 +6,12 @@ codes and one-line messages.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 import threading
+import time
 
 import click
 
@@ -192,56 +194,51 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None,
     if settings.insecure_no_auth and not settings.ingest_tokens:
         click.secho("WARNING: --insecure-no-auth: anyone who can reach the OTLP ports can "
                     "write audit records", fg="yellow", err=True)
-    store = store_mod.open_store(url)
-    try:
+    if seal_interval:  # a bad keys folder fails before the store is opened or anything is shown
+        from . import keys
+        keys.load_or_generate(keys.keys_dir_for(web["data_dir"]), time.time_ns() // 1000)
+    # Every part started is stopped again, in reverse order, if a later one fails to start.
+    with contextlib.ExitStack() as started:
+        store = store_mod.open_store(url)
+        started.callback(store.close)
         store_mod.migrate(store.client)
         store.start_purging()  # long-running: keep chDB's freed pages from piling up in RSS
         collector = Collector(store, settings)
         collector.start()
-    except BaseException:
-        store.close()
-        raise
-    http_url = f"http://{settings.otlp_http_addr.rsplit(':', 1)[0]}:{collector.http.port}"
-    click.echo(f"store      {store.url}")
-    web_server = None
-    if web is not None:  # before the endpoints: a busy web port fails before they are shown
-        try:
+        started.callback(collector.shutdown)
+        http_url = f"http://{settings.otlp_http_addr.rsplit(':', 1)[0]}:{collector.http.port}"
+        click.echo(f"store      {store.url}")
+        web_server = None
+        if web is not None:  # before the endpoints: a busy web port fails before they are shown
             web_server = _start_web(store, collector, settings, http_url, **web)
-        except BaseException:
-            collector.shutdown()
-            store.close()
-            raise
-    click.echo(f"OTLP/HTTP  {http_url}/v1/logs   (metrics {http_url}/metrics)")
-    click.echo(f"OTLP/gRPC  {settings.otlp_grpc_addr.rsplit(':', 1)[0]}:{collector.grpc.port}")
-    if settings.ingest_tokens:
-        click.echo(f"send with  Authorization: Bearer {settings.ingest_tokens[0]}")
-    detector = None
-    if alerting is not None:
-        from .alerts_cli import DetectorThread, describe
-        try:
+            started.callback(web_server.shutdown)
+        click.echo(f"OTLP/HTTP  {http_url}/v1/logs   (metrics {http_url}/metrics)")
+        click.echo(f"OTLP/gRPC  {settings.otlp_grpc_addr.rsplit(':', 1)[0]}:{collector.grpc.port}")
+        if settings.ingest_tokens:
+            click.echo(f"send with  Authorization: Bearer {settings.ingest_tokens[0]}")
+        detector = None
+        if alerting is not None:
+            from .alerts_cli import DetectorThread, describe
             detector = DetectorThread(store.client, web["data_dir"], alerting)
             detector.start()
-        except BaseException:
-            if web_server:
-                web_server.shutdown()
-            collector.shutdown()
-            store.close()
-            raise
-        click.echo("detector   " + describe(alerting))
-    sealer = None
-    if seal_interval:
-        from .integrity_job import IntegrityJob
-        sealer = IntegrityJob(store.client, web["data_dir"], interval_s=seal_interval)
-        sealer.start()
-        click.echo(f"sealer     every {seal_interval:g}s: hourly windows, Ed25519 keys and digests "
-                   f"under {web['data_dir']}")
-    demo = None
-    if demo_dir:
-        token = settings.ingest_tokens[0] if settings.ingest_tokens else None
-        backfill = 7 if not store.client.command("SELECT count() FROM audit.audit_events") else 0
-        demo = _LiveDemo(f"{http_url}/v1/logs", token, demo_dir, backfill_days=backfill)
-        click.echo("demo       live audit traffic through the shipper"
-                   + (f", after {backfill} days of history" if backfill else ""))
+            started.callback(detector.stop)
+            click.echo("detector   " + describe(alerting))
+        sealer = None
+        if seal_interval:
+            from .integrity_job import IntegrityJob
+            sealer = IntegrityJob(store.client, web["data_dir"], interval_s=seal_interval)
+            sealer.start()
+            started.callback(sealer.stop)
+            click.echo(f"sealer     every {seal_interval:g}s: hourly windows, Ed25519 keys and "
+                       f"digests under {web['data_dir']}")
+        demo = None
+        if demo_dir:
+            token = settings.ingest_tokens[0] if settings.ingest_tokens else None
+            backfill = 7 if not store.client.command("SELECT count() FROM audit.audit_events") else 0
+            demo = _LiveDemo(f"{http_url}/v1/logs", token, demo_dir, backfill_days=backfill)
+            click.echo("demo       live audit traffic through the shipper"
+                       + (f", after {backfill} days of history" if backfill else ""))
+        started.pop_all()  # all started: from here on the shutdown below stops them
 
     last = None
     while not stop.wait(summary_interval or None):

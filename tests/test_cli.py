@@ -117,6 +117,22 @@ def test_serve_on_a_busy_web_port_names_it_and_shows_no_endpoint_or_token(tmp_pa
     assert "OTLP/HTTP" not in r.stdout and "Bearer" not in r.stdout
 
 
+def test_serve_with_a_keys_folder_it_must_not_overwrite_fails_before_opening_the_store(tmp_path):
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    (keys_dir / "signing.key").write_text("a key whose keyring.json was lost\n")
+    r = subprocess.run(
+        [EXE, "serve", "--data-dir", str(tmp_path), "--otlp-http-addr", "127.0.0.1:0",
+         "--otlp-grpc-addr", "127.0.0.1:0", "--web-addr", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "holds signing.key but no keyring.json" in r.stderr
+    # Nothing was started or shown: no store, no superadmin password, no endpoint.
+    assert r.stdout == ""
+    assert not (tmp_path / "clickhouse").exists()
+    assert (keys_dir / "signing.key").read_text() == "a key whose keyring.json was lost\n"
+
+
 def test_serve_demo_end_to_end_then_lock_then_clean_shutdown(tmp_path):
     proc = subprocess.Popen(
         [EXE, "serve", "--demo", "--data-dir", str(tmp_path), "--otlp-http-addr", "127.0.0.1:0",
