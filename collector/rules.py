@@ -267,12 +267,18 @@ def load(path: str | None) -> RuleSet:
 #: An acknowledge and a detector run may both write the next version: the
 #: detector's row wins the tie (it has the newest counts and severity, and a
 #: resolve is final), and an alert once acknowledged stays acknowledged until
-#: it resolves.
+#: it resolves. ``acknowledged_by`` / ``acknowledged_at`` come from the
+#: acknowledge itself ("" and the epoch if none): the newest row is often the
+#: detector's, whose ``changed_by`` is "detector".
 CURRENT_ALERTS_SQL = f"""
-SELECT * REPLACE (if(state != 'resolved' AND alert_id IN (
-        SELECT alert_id FROM {schema.ALERTS_TABLE} WHERE change = 'acknowledged'),
-    'acknowledged', state) AS state)
-FROM {schema.ALERTS_TABLE}
+SELECT * EXCEPT (acks) REPLACE (if(state != 'resolved' AND acks > 0, 'acknowledged', state) AS state)
+FROM (
+    SELECT *,
+        countIf(change = 'acknowledged') OVER w AS acks,
+        argMaxIf(changed_by, version, change = 'acknowledged') OVER w AS acknowledged_by,
+        maxIf(changed_at, change = 'acknowledged') OVER w AS acknowledged_at
+    FROM {schema.ALERTS_TABLE}
+    WINDOW w AS (PARTITION BY alert_id))
 ORDER BY alert_id, version DESC, change = 'acknowledged', change DESC
 LIMIT 1 BY alert_id"""
 

@@ -169,6 +169,25 @@ def test_acknowledge_on_the_page_needs_csrf_is_audited_and_clears_the_banner(app
     assert "acknowledged by root@acme.test" in client.get("/audit/alerts").get_data(as_text=True)
 
 
+def test_who_acknowledged_stays_shown_after_the_detector_updates_the_alert(app, store):
+    client = signed_in(app, "root@acme.test")
+    alert_id = str(acme_alert(store)["alert_id"])
+    page = client.get("/audit/alerts").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    assert client.post(f"/audit/alerts/{alert_id}/ack", data={"csrf_token": token}).status_code == 302
+    # Two more failures: the detector's next run writes a newer version of the alert.
+    more = [dict(e, org_id="acme", timestamp=NOW - timedelta(seconds=90 - i))
+            for i, e in enumerate(sc.brute_force(2, user="victim@acme.test"))]
+    insert_events(store.client, more)
+    changes = Detector(store.client).run_once(NOW + timedelta(seconds=30)).changes
+    assert [(c["change"], c["changed_by"]) for c in changes] == [("updated", "detector")]
+    assert "acknowledged by root@acme.test" in client.get("/audit/alerts").get_data(as_text=True)
+    [alert] = client.get("/api/v1/alerts").get_json()["alerts"]
+    assert (alert["state"], alert["changed_by"], alert["acknowledged_by"]) == (
+        "acknowledged", "detector", "root@acme.test")
+    assert alert["acknowledged_at"] is not None
+
+
 def test_another_org_cannot_acknowledge_or_see_an_alert(app, store):
     alert_id = str(acme_alert(store)["alert_id"])
     globex = signed_in(app, "root@globex.test")

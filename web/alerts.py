@@ -50,6 +50,9 @@ def present(alert: dict) -> dict:
         "last_seen": alert["last_seen"].isoformat(),
         "changed_at": alert["changed_at"].isoformat(),
         "changed_by": alert["changed_by"],
+        # Who acknowledged it (null if nobody): the newest change may be the detector's.
+        "acknowledged_by": alert["acknowledged_by"] or None,
+        "acknowledged_at": alert["acknowledged_at"].isoformat() if alert["acknowledged_by"] else None,
         "sample_event_ids": list(alert["samples"]),
     }
     out["events_link"] = audit_link("", alert, rule) if rule else None

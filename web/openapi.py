@@ -51,6 +51,8 @@ _ALERT = {"type": "object", "required": ["alert_id", "rule", "severity", "state"
               "value": _NUM, "threshold": _NUM, "failures": {"type": "integer"},
               "window_minutes": {"type": ["integer", "null"]},
               "events_link": {"type": ["string", "null"]},
+              "acknowledged_by": {"type": ["string", "null"]},
+              "acknowledged_at": {"type": ["string", "null"]},
               "sample_event_ids": {"type": "array", "items": _STR}}}
 
 
