@@ -79,6 +79,8 @@ def audit_link(base_url: str, alert: dict, rule: Rule) -> str:
              "since": _iso(alert["window_start"]), "until": _iso(alert["window_end"])}
     if alert["key_type"] in ("user", "ip"):   # an IPv6 key is a /64: the ip filter takes CIDRs
         query[alert["key_type"]] = alert["key"]
+    if alert["key_type"] == "user":  # the key is the email in lower case; the attack may use any
+        query["user_case"] = "any"
     if rule.allow:  # the rule did not count these sources (an allowlist may overlap a /64 key)
         query["not_ip"] = ",".join(rule.allow)
     return f"{base_url.rstrip('/')}/audit?{urlencode(query)}"

@@ -102,7 +102,7 @@ def test_the_webhook_body_has_everything_and_a_signature_that_verifies(tmp_path,
     assert p["sample_event_ids"] == ["e1", "e2"]
     assert p["link"] == ("https://audit.example.com/audit?action=auth.login%2Cmfa.verify%2Cmagic_link.verify"
                          "&status=failure&since=2026-11-20T11%3A49%3A00Z&until=2026-11-20T12%3A04%3A00Z"
-                         "&user=victim%40acme.test")
+                         "&user=victim%40acme.test&user_case=any")
     assert headers[DELIVERY_HEADER] == p["id"] == "9b2f0e0c-6a59-5d43-9d0c-0c3f1f7a2b11.1"
 
 

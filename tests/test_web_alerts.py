@@ -188,6 +188,27 @@ def test_who_acknowledged_stays_shown_after_the_detector_updates_the_alert(app, 
     assert alert["acknowledged_at"] is not None
 
 
+def test_the_link_of_a_mixed_case_attack_lists_every_spelling_it_counted(app, store):
+    spellings = ["Mallory@Acme.test", "mallory@acme.TEST", "MALLORY@ACME.TEST"]
+    attack = [dict(e, org_id="acme", user_email=spellings[i % 3],
+                   timestamp=NOW - timedelta(minutes=5) + timedelta(seconds=30 * i))
+              for i, e in enumerate(sc.brute_force(6, user="x"))]
+    insert_events(store.client, attack)
+    Detector(store.client).run_once(NOW + timedelta(minutes=1))
+    [alert] = [a for a in current_alerts(store.client) if a["key"] == "mallory@acme.test"]
+    assert alert["failures"] == 6
+    client = signed_in(app, "root@acme.test")
+    [shown] = [a for a in client.get("/api/v1/alerts").get_json()["alerts"]
+               if a["key"] == "mallory@acme.test"]
+    query = urlsplit(shown["events_link"]).query
+    assert parse_qs(query)["user_case"] == ["any"]
+    events = client.get("/api/v1/events?" + query).get_json()["events"]
+    assert sorted(e["event_id"] for e in events) == sorted(alert["samples"])
+    assert sorted(e["user_email"] for e in events) == sorted(spellings * 2)
+    page = client.get(shown["events_link"]).get_data(as_text=True)
+    assert re.search(r'name="user_case" value="any"\s+checked', page)
+
+
 def test_another_org_cannot_acknowledge_or_see_an_alert(app, store):
     alert_id = str(acme_alert(store)["alert_id"])
     globex = signed_in(app, "root@globex.test")

@@ -22,6 +22,8 @@ FILTER_PARAMETERS = [
     ("since", _STR, "ISO 8601 date or time (inclusive; UTC when no zone)."),
     ("until", _STR, "ISO 8601 date or time (exclusive; a date means through that day)."),
     ("user", _EXACT, "Exact user email, as stored (not trimmed)."),
+    ("user_case", {"type": "string", "enum": list(queries.USER_CASES)},
+     "How user matches: exact (the default) or any (any ASCII letter case, as the alert rules key a user)."),
     ("ip", _STR, "An IPv4/IPv6 address or CIDR."),
     ("not_ip", _STR, "Leave out these IPv4/IPv6 addresses or CIDRs, comma-separated "
                      "(an alert rule's allowlist; at most 64)."),

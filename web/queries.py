@@ -198,8 +198,11 @@ class Filters:
 
     ``user`` is an exact match on the whole stored address, taken as given,
     not trimmed (it uses the bloom-filter index; pick a user from the table to
-    fill it); ``resource_type`` and ``resource_id`` match exactly too; a partial,
-    case-insensitive search is ``q``, over user_email, resource_id and reason.
+    fill it); with ``user_case="any"`` it matches the address in any ASCII
+    letter case, as the alert rules key a user (``rules.USER_KEY``), without
+    the index (alert links bound it to the alert's window); ``resource_type``
+    and ``resource_id`` match exactly too; a partial, case-insensitive search
+    is ``q``, over user_email, resource_id and reason.
     ``since`` is inclusive and ``until`` exclusive; a date-only ``until``
     means through the end of that day (UTC). ``range`` is the preset that
     produced since/until, kept so the page can show it.
@@ -213,6 +216,7 @@ class Filters:
     until: datetime | None = None
     range: str = ""
     user: str = ""
+    user_case: str = ""
     ip: str = ""
     not_ip: str = ""
     resource_type: str = ""
@@ -222,8 +226,8 @@ class Filters:
 
     def to_query(self) -> dict[str, str]:
         """The query-string form of the non-default values (for links)."""
-        out = {k: getattr(self, k) for k in ("action", "category", "status", "user", "ip",
-                                             "not_ip", "resource_type", "resource_id", "q")}
+        out = {k: getattr(self, k) for k in ("action", "category", "status", "user", "user_case",
+                                             "ip", "not_ip", "resource_type", "resource_id", "q")}
         if self.per_page != DEFAULT_PER_PAGE:
             out["per_page"] = str(self.per_page)
         if self.range:
@@ -375,6 +379,7 @@ def parse_filters(args: Mapping[str, str], now: datetime | None = None) -> Filte
         per_page=_per_page(_text(args, "per_page")),
         since=since, until=until, range=preset,
         user=_exact(args, "user"),
+        user_case=_choice("user_case", _text(args, "user_case"), USER_CASES, "must be exact or any"),
         ip=_ip(_text(args, "ip")),
         not_ip=_networks(_text(args, "not_ip", max_len=44 * MAX_EXCLUDED_NETWORKS)),
         resource_type=_exact(args, "resource_type"),
@@ -390,7 +395,9 @@ _Q_SQL = ("(positionCaseInsensitiveUTF8(user_email, {q:String}) > 0"
           " OR positionCaseInsensitiveUTF8(resource_id, {q:String}) > 0"
           " OR positionCaseInsensitiveUTF8(reason, {q:String}) > 0)")
 _EQUALS = (("category", "category"), ("status", "status"),
-           ("user", "user_email"), ("resource_type", "resource_type"), ("resource_id", "resource_id"))
+           ("resource_type", "resource_type"), ("resource_id", "resource_id"))
+#: How ``user`` matches: exactly as stored (the default), or in any ASCII letter case.
+USER_CASES = ("exact", "any")
 
 
 def _where(org_id: str, f: Filters) -> tuple[list[str], dict]:
@@ -405,6 +412,10 @@ def _where(org_id: str, f: Filters) -> tuple[list[str], dict]:
         if getattr(f, field):
             conds.append(f"{column} = {{{field}:String}}")
             params[field] = getattr(f, field)
+    if f.user:
+        conds.append("lower(user_email) = lower({user:String})" if f.user_case == "any"
+                     else "user_email = {user:String}")
+        params["user"] = f.user
     if f.since:
         conds.append("timestamp >= fromUnixTimestamp64Micro({since:Int64}, 'UTC')")
         params["since"] = _micros(f.since)
