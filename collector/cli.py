@@ -445,8 +445,13 @@ def demo(data_dir, otlp_http_addr, ingest_tokens, demo_endpoint, demo_backfill, 
 @click.option("--poll-interval", "ship_poll_interval", type=click.FloatRange(0.01), default=0.5,
               envvar="UPMETR_AUDIT_SHIP_POLL_INTERVAL", show_envvar=True,
               help="Seconds between looks at the files.")
+@click.option("--rotate-wait", "ship_rotate_wait", type=click.FloatRange(0), default=5.0,
+              envvar="UPMETR_AUDIT_SHIP_ROTATE_WAIT", show_envvar=True,
+              help="Seconds a file rotated away or deleted is still read after it last grew "
+                   "(a writer holding it may finish its last line there).")
 @_fail_cleanly
-def ship(patterns, data_dir, ingest_tokens, ship_endpoint, ship_state_dir, ship_poll_interval):
+def ship(patterns, data_dir, ingest_tokens, ship_endpoint, ship_state_dir, ship_poll_interval,
+         ship_rotate_wait):
     """Tail JSON Lines files of audit events and ship them durably.
 
     PATTERNS are files or globs (quote them). One event per line, with the
@@ -462,7 +467,8 @@ def ship(patterns, data_dir, ingest_tokens, ship_endpoint, ship_state_dir, ship_
     audit = AuditLogger(service_name="upmetr-audit-ship", endpoint=ship_endpoint,
                         spool_dir=os.path.join(state_dir, "spool"),
                         headers={"authorization": f"Bearer {token}"} if token else None)
-    agent = Agent(audit, list(patterns), state_dir, poll_interval_s=ship_poll_interval)
+    agent = Agent(audit, list(patterns), state_dir, poll_interval_s=ship_poll_interval,
+                  rotate_wait_s=ship_rotate_wait)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

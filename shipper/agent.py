@@ -12,8 +12,11 @@ Files are polled, so every rotation style works: rename + create (the old
 file is read to its end, then the new one from its start), copytruncate (a
 file shorter than the offset is read again from its start), a file deleted
 while open (read to its end), a partial last line (kept until its newline),
-and new files matching the globs. Checkpoints (device, inode, offset) are
-saved after the lines before them are spooled; after a restart reading
+and new files matching the globs. A file rotated away or deleted is kept
+open for ``rotate_wait_s`` after its last growth, as fluent-bit's
+``Rotate_Wait`` does: a writer that still holds it may finish its last line
+there. Checkpoints (device, inode, offset, and whether the rest of a line too
+long is being skipped) are saved after the lines before them are spooled; after a restart reading
 resumes there, and the collector de-duplicates what was read twice.
 
 When the spool cannot take a line (a full disk), that file's reading stops at
@@ -67,6 +70,7 @@ class _File:
     saved: dict | None = None    # its checkpoint, checked against the file when it is opened
     rotated: bool = False        # found rotated away at start-up: read to its end, then dropped
     skipping: bool = False       # after a line too long: skip to the next newline
+    gone_since: float | None = None  # when it was first found read to its end and gone
 
 
 def parse_time(value) -> int:
@@ -111,7 +115,8 @@ def line_to_record(text: bytes, dev: int, ino: int, offset: int) -> tuple[str, d
 
 class Agent:
     def __init__(self, audit_logger, patterns: list[str], state_dir: str,
-                 poll_interval_s: float = 0.5, checkpoint_every_s: float = 1.0):
+                 poll_interval_s: float = 0.5, checkpoint_every_s: float = 1.0,
+                 rotate_wait_s: float = 5.0):
         self.audit = audit_logger
         self.patterns = patterns
         self.state_dir = state_dir
@@ -120,6 +125,7 @@ class Agent:
         self.dead_letter_path = os.path.join(state_dir, "dead-letter.jsonl")
         self.poll_interval_s = poll_interval_s
         self.checkpoint_every_s = checkpoint_every_s
+        self.rotate_wait_s = rotate_wait_s
         self.files: dict[tuple[int, int], _File] = {}
         self.lines_read = self.shipped = self.dead_lettered = 0
         self.spool_error: str | None = None  # why reading waits, while the spool refuses
@@ -135,7 +141,8 @@ class Agent:
                 entries = json.load(f)
             return {(e["dev"], e["ino"]): {"path": str(e.get("path", "")), "offset": int(e["offset"]),
                                            "head_len": int(e.get("head_len", 0)),
-                                           "head_sha256": str(e.get("head_sha256", _digest(b"")))}
+                                           "head_sha256": str(e.get("head_sha256", _digest(b""))),
+                                           "skipping": e.get("skipping") is True}
                     for e in entries}
         except FileNotFoundError:
             return {}
@@ -146,7 +153,7 @@ class Agent:
 
     def save_checkpoints(self) -> None:
         entries = [{"path": f.path, "dev": f.dev, "ino": f.ino, "offset": f.offset,
-                    "head_len": len(f.head), "head_sha256": _digest(f.head)}
+                    "head_len": len(f.head), "head_sha256": _digest(f.head), "skipping": f.skipping}
                    if f.saved is None else {"dev": f.dev, "ino": f.ino, **f.saved}  # not opened yet
                    for f in self.files.values()]
         tmp = self.checkpoint_path + ".tmp"
@@ -227,7 +234,7 @@ class Agent:
         saved, f.saved = f.saved, None
         head = os.pread(f.fd, saved["head_len"], 0)
         if _has_head(head, saved):
-            f.offset, f.head = saved["offset"], head
+            f.offset, f.head, f.skipping = saved["offset"], head, saved["skipping"]
         else:
             log.warning("a checkpointed inode now holds another file; reading it from its start",
                         extra={"path": f.path})
@@ -253,9 +260,15 @@ class Agent:
             handled += self._read(f)
             if len(f.head) < min(f.offset, HEAD_BYTES):
                 f.head = os.pread(f.fd, min(f.offset, HEAD_BYTES), 0)
-            if self._gone(f) and self._finish(f):
-                os.close(f.fd)
-                del self.files[key]
+            if self._gone(f):
+                now = time.monotonic()
+                if f.gone_since is None:
+                    f.gone_since = now
+                if now - f.gone_since >= self.rotate_wait_s and self._finish(f):
+                    os.close(f.fd)
+                    del self.files[key]
+            else:
+                f.gone_since = None
         if time.monotonic() - self._last_checkpoint >= self.checkpoint_every_s:
             self.save_checkpoints()
         return handled

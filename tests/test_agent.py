@@ -34,11 +34,11 @@ def write(path, *events, end="\n"):
 def agent_for(collector, tmp_path):
     made = []
 
-    def make(pattern):
+    def make(pattern, **kwargs):
         audit = AuditLogger(service_name="agent-test", endpoint=collector.logs_url,
                             spool_dir=str(tmp_path / "state" / "spool"),
                             headers={"authorization": f"Bearer {TOKEN}"})
-        agent = Agent(audit, [pattern], str(tmp_path / "state"))
+        agent = Agent(audit, [pattern], str(tmp_path / "state"), **kwargs)
         made.append(agent)
         return agent
 
@@ -84,7 +84,7 @@ def test_copytruncate_rotation(agent_for, store, tmp_path):
 def test_file_deleted_while_being_read_is_read_to_its_end(agent_for, store, tmp_path):
     log = tmp_path / "app.log"
     write(log, event(0))
-    agent = agent_for(str(log))
+    agent = agent_for(str(log), rotate_wait_s=0)  # closed as soon as it is read to its end
     agent.poll_once()
     write(log, event(1), event(2))
     os.unlink(log)

@@ -105,7 +105,7 @@ def test_the_last_line_of_a_rotated_or_deleted_file_without_a_newline_is_read(
     log = tmp_path / "app.log"
     write(log, event(0), event(1))
     write(log, event(2), end="")  # the writer stopped without a final newline
-    agent = agent_for(str(log))
+    agent = agent_for(str(log), rotate_wait_s=0)  # no writer holds the file: no wait
     agent.poll_once()
     if how == "rename":
         os.rename(log, tmp_path / "app.log.1")
@@ -117,6 +117,51 @@ def test_the_last_line_of_a_rotated_or_deleted_file_without_a_newline_is_read(
     assert stored_lines(store, agent) == ([0, 1, 2, 3] if how == "rename" else [0, 1, 2])
     assert "ends without a newline" in caplog.text
     assert [f.path for f in agent.files.values()] == ([str(log)] if how == "rename" else [])
+
+
+def test_a_writer_that_still_holds_a_rotated_file_may_finish_its_last_line(
+        agent_for, store, tmp_path, caplog):
+    log = tmp_path / "app.log"
+    text = json.dumps(event(1))
+    write(log, event(0))
+    with open(log, "a") as writer:
+        writer.write(text[:25])  # half a line, then the file is renamed under the writer
+        writer.flush()
+        agent = agent_for(str(log), rotate_wait_s=3600)
+        agent.poll_once()
+        os.rename(log, tmp_path / "app.log.1")
+        agent.poll_once()  # read to its end and gone, but within the wait: kept, the half line too
+        writer.write(text[25:] + "\n")  # the writer finishes its line in the old file
+    agent.poll_once()
+    assert stored_lines(store, agent) == [0, 1]
+    assert dead_letters(tmp_path) == [] and "ends without a newline" not in caplog.text
+    assert len(agent.files) == 1  # the rotated file, still within the wait
+    agent.rotate_wait_s = 0  # the wait is over: the file is closed and dropped
+    agent.poll_once()
+    assert agent.files == {}
+
+
+def test_the_rest_of_a_line_too_long_is_skipped_after_a_restart(agent_for, store, tmp_path,
+                                                              monkeypatch):
+    from upmetr_audit.shipper import agent as agent_mod
+    monkeypatch.setattr(agent_mod, "MAX_LINE_BYTES", 4096)
+    log = tmp_path / "app.log"
+    write(log, event(0))
+    line = json.dumps(event(1, filler="x" * 64 * 1024)) + "\n"
+    with open(log, "a") as f:
+        f.write(line[:16 * 1024])  # the writer is in the middle of a line too long
+    agent = agent_for(str(log))
+    agent.poll_once()
+    assert stored_lines(store, agent) == [0] and len(dead_letters(tmp_path)) == 1
+    stop(agent)
+    with open(log, "a") as f:
+        f.write(line[16 * 1024:])
+    write(log, event(2))
+    again = agent_for(str(log))
+    again.poll_once()
+    assert stored_lines(store, again) == [0, 2]
+    (dead,) = dead_letters(tmp_path)  # the rest of the long line is not a second, bogus entry
+    assert "line longer than" in dead["error"]
 
 
 def read_then_stopped(agent_for, tmp_path, *lines):
@@ -135,7 +180,7 @@ def test_a_file_rotated_while_the_agent_was_stopped_is_read_to_its_end(agent_for
     write(log, event(2), event(3))  # written while the agent is stopped
     os.rename(log, tmp_path / "app.log.1")
     write(log, event(4))
-    agent = agent_for(str(log))
+    agent = agent_for(str(log), rotate_wait_s=0)
     agent.poll_once()
     agent.poll_once()
     assert stored_lines(store, agent) == [0, 1, 2, 3, 4]
