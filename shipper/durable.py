@@ -262,6 +262,8 @@ class DurableLogRecordProcessor(LogRecordProcessor):
         self._stopping = threading.Event()
         self._shutdown = False
         self._oldest_ns = 0
+        #: (position, records, dead-lettered, partial) of a batch whose ack failed.
+        self._unsettled: tuple | None = None
         self._encoder = RecordEncoder()
         self._pid, self._forked = os.getpid(), False
         self._worker = threading.Thread(target=self._run, name="upmetr-audit-shipper", daemon=True)
@@ -361,7 +363,8 @@ class DurableLogRecordProcessor(LogRecordProcessor):
                     self.stats.sender_error = f"{type(exc).__name__}: {exc}"
                 log.error("audit shipper: the sending thread failed; retrying",
                           exc_info=True, extra={"error": str(exc), "retry_in_s": delay})
-                self.queue.rewind()
+                if self._unsettled is None:  # else the batch is settled: only its ack is retried
+                    self.queue.rewind()
                 if not self._sleep(delay):
                     break
                 continue
@@ -373,6 +376,9 @@ class DurableLogRecordProcessor(LogRecordProcessor):
 
     def _deliver_once(self, attempt: int) -> int:
         """Read, send and settle one batch; returns the retry attempt count."""
+        if self._unsettled is not None:  # its ack failed (a disk error): ack it, do not resend
+            self._settle(*self._unsettled)
+            return 0
         self._linger()
         payloads, pos = self.queue.read(self.max_batch)
         if not payloads:
@@ -408,15 +414,23 @@ class DurableLogRecordProcessor(LogRecordProcessor):
             dead = self._partial(payloads, result)
         else:
             dead = 0
-        self.queue.ack(pos)  # counted only once acknowledged: a failed ack sends them again
+        self._settle(pos, len(payloads), dead, result.outcome == PARTIAL)
+        return 0
+
+    def _settle(self, pos, n: int, dead: int, partial: bool) -> None:
+        """Acknowledge a delivered (or dead-lettered) batch, then count it. When
+        the ack fails, the batch stays unsettled and only its ack is tried
+        again: sending it again would write its dead letters twice."""
+        self._unsettled = (pos, n, dead, partial)
+        self.queue.ack(pos)
+        self._unsettled = None
         with self._lock:
-            self.stats.sent += len(payloads) - dead
+            self.stats.sent += n - dead
             self.stats.dead_lettered += dead
-            self.stats.partial_successes += result.outcome == PARTIAL
-            self.stats.pending -= len(payloads)
+            self.stats.partial_successes += partial
+            self.stats.pending -= n
         self._oldest_ns = 0
         self._notify_idle()
-        return 0
 
     def _retry_delay(self, retry_after_s: float | None, attempt: int) -> float:
         """The server's ``Retry-After`` / ``RetryInfo`` kept within

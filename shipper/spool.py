@@ -176,6 +176,7 @@ class Spool:
         self._seg = self._new_segment(max([*segments, self._cursor.segment, 0]) + 1)
         self._read_pos = self._cursor
         self._closed = False
+        self._ack_lock = threading.Lock()  # an ack and close: one after the other
         self.sync_interval_s = sync_interval_s if fsync else 0.0
         self._stop_syncer = threading.Event()
         self._syncer = None
@@ -452,7 +453,16 @@ class Spool:
 
     def ack(self, pos: Position) -> None:
         """Everything before ``pos`` is delivered: persist the cursor, delete
-        fully delivered segments, and wake appends waiting for space."""
+        fully delivered segments, and wake appends waiting for space. After
+        :meth:`close` it does nothing: the spool is no longer this process's
+        (another may have opened it), and the batch is sent again by the next
+        one (the collector de-duplicates)."""
+        with self._ack_lock:
+            if self._closed:
+                return
+            self._ack(pos)
+
+    def _ack(self, pos: Position) -> None:
         tmp = os.path.join(self.directory, "cursor.tmp")
         with open(tmp, "w") as f:
             f.write(f"{pos.segment} {pos.offset}\n")
@@ -472,7 +482,7 @@ class Spool:
         if self._syncer is not None:
             self._stop_syncer.set()
             self._syncer.join()
-        with self._lock:
+        with self._ack_lock, self._lock:  # after an ack under way, before the lock is let go
             if self._closed:
                 return
             self._closed = True

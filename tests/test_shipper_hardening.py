@@ -104,6 +104,40 @@ def test_a_disk_error_in_the_sending_thread_is_retried_and_shown_not_fatal(shipp
     assert stats["sender_error"] == "" and stats["sent"] == 2 and stats["pending"] == 0
 
 
+def test_a_failed_ack_is_retried_alone_not_the_send(shipper, scripted, tmp_path):
+    """A batch the collector refused is dead-lettered once, and a delivered one
+    sent once, however often its acknowledgement fails."""
+    refused = (400, {"Content-Type": "application/json"}, b'{"message": "bad"}')
+    server = scripted(lambda n, b: refused if n == 1 else OK)
+    audit = shipper(server.url, backoff_max_s=0.05)
+    os.makedirs(tmp_path / "spool" / "cursor.tmp")  # the cursor cannot be written
+    audit.auth.logout(org="acme", user="a@acme.test")
+    wait_for(lambda: "cursor.tmp" in audit.stats()["sender_error"])  # sent once, not acknowledged
+    os.rmdir(tmp_path / "spool" / "cursor.tmp")
+    assert audit.flush(10)
+    audit.auth.logout(org="acme", user="b@acme.test")
+    assert audit.flush(10)
+    lines = (tmp_path / "spool" / "dead-letter.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and len(server.requests) == 2
+    stats = audit.stats()
+    assert (stats["dead_lettered"], stats["sent"], stats["pending"]) == (1, 1, 0)
+
+
+def test_an_ack_after_close_leaves_the_spool_as_it_was(tmp_path):
+    from upmetr_audit.shipper.spool import Spool
+    spool = Spool(str(tmp_path / "spool"))
+    spool.append(b"one")
+    payloads, pos = spool.read(10)
+    spool.close()
+    spool.ack(pos)  # a sending thread that outlived a shutdown timeout
+    assert not (tmp_path / "spool" / "cursor").exists()
+    again = Spool(str(tmp_path / "spool"))
+    try:
+        assert again.read(10)[0] == payloads == [b"one"]  # sent again by the next owner
+    finally:
+        again.close()
+
+
 def test_a_forked_child_cannot_emit_into_the_parents_spool(shipper, scripted):
     server = scripted(lambda n, b: OK)
     audit = shipper(server.url)
