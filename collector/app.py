@@ -105,11 +105,17 @@ class Collector:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the writer and both receivers; if one cannot start (a busy
+        port), what did start is stopped again before the error is raised."""
         self.pipeline.start()
-        self.http = HttpReceiver(self, *parse_addr(self.settings.otlp_http_addr))
-        self.grpc = GrpcReceiver(self, *parse_addr(self.settings.otlp_grpc_addr))
-        self.http.start()
-        self.grpc.start()
+        try:
+            self.http = HttpReceiver(self, *parse_addr(self.settings.otlp_http_addr))
+            self.http.start()
+            self.grpc = GrpcReceiver(self, *parse_addr(self.settings.otlp_grpc_addr))
+            self.grpc.start()
+        except BaseException:
+            self.shutdown()
+            raise
         self.ready = True
         log.info("collector started", extra={"otlp_http_port": self.http.port,
                                               "otlp_grpc_port": self.grpc.port})

@@ -68,3 +68,17 @@ def test_a_second_receiver_cannot_share_the_port_of_a_running_one(collector):
         GrpcReceiver(collector, "127.0.0.1", port)
     with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{collector.http.port} for otlp-http"):
         HttpReceiver(collector, "127.0.0.1", collector.http.port)
+
+
+def test_a_collector_that_cannot_take_its_grpc_port_stops_what_it_started(collector, store):
+    from upmetr_audit.collector.app import Collector, CollectorSettings
+
+    port = int(collector.grpc_target.rsplit(":", 1)[1])
+    second = Collector(store, CollectorSettings(otlp_http_addr="127.0.0.1:0",
+                                                otlp_grpc_addr=f"127.0.0.1:{port}",
+                                                ingest_tokens=(TOKEN,)))
+    with pytest.raises(OSError, match=f"cannot listen for OTLP/gRPC on 127.0.0.1:{port}"):
+        second.start()
+    # Its HTTP port is let go and its writer thread stopped: nothing half-running.
+    HttpReceiver(collector, "127.0.0.1", second.http.port).shutdown()
+    assert not second.pipeline._thread.is_alive() and not second.ready
