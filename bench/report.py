@@ -55,8 +55,8 @@ def _p1_costs(r: dict) -> list[str]:
     steps, totals = [], []
     for batch, c in costed:
         s = c["steps_us"]
-        steps.append([batch, s["decode"], s["to_batch"], s["dedup"], s["insert"],
-                      c["insert_without_views_us"], s["merges"], c["total_us"]])
+        steps.append([batch, s["decode"], s["to_batch"], s.get("background", "–"), s["dedup"],
+                      s["insert"], c["insert_without_views_us"], s["merges"], c["total_us"]])
         group = c.get("group", 1)
         totals.append([batch, f"{c['total_us']} ({c['events_per_cpu_s']:,})",
                        f"{c['grouped_total_us']} ({c['grouped_events_per_cpu_s']:,})",
@@ -65,9 +65,11 @@ def _p1_costs(r: dict) -> list[str]:
                        f"{c['clickhouse_decodes_grouped_us']} "
                        f"({c['clickhouse_decodes_grouped_events_per_cpu_s']:,})"])
     return ["Where the CPU goes (`bench/ingest_costs.py`: one process, the same bodies; µs of CPU "
-            "per event, chDB's threads included), one request per INSERT:", ""] + _table(
-        ["batch", "decode", "to_batch", "de-dup", "INSERT", "(INSERT, no views)", "merges after",
-         "total"], steps) + [
+            "per event, chDB's threads included; decode and to_batch count only the thread that "
+            "runs them, and \"chDB meanwhile\" is what chDB's threads did at the same time), one "
+            "request per INSERT:", ""] + _table(
+        ["batch", "decode", "to_batch", "chDB meanwhile", "de-dup", "INSERT", "(INSERT, no views)",
+         "merges after", "total"], steps) + [
         f"Totals, µs per event (events per CPU-second), one and {group} requests per INSERT. "
         "\"ClickHouse decodes\" is the floor of a redesign, not a route: ClickHouse reads the "
         "request bytes itself; no de-dup, partial success or fallback.", ""] + _table(
