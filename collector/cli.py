@@ -595,7 +595,7 @@ def users_set_password(email, password, data_dir, clickhouse_url):
 @options("data_dir", "clickhouse_url")
 @_fail_cleanly
 def users_disable(email, data_dir, clickhouse_url):
-    """Disable a user (signed out at the next request)."""
+    """Disable a user: every session ends at its next request, every API token is revoked."""
     from upmetr_audit.web import accounts
     _with_store(data_dir, clickhouse_url, lambda c: accounts.set_disabled(c, email))
     click.echo(f"{email} disabled")
@@ -616,6 +616,18 @@ def tokens_create(email, data_dir, clickhouse_url):
     from upmetr_audit.web import accounts
     token = _with_store(data_dir, clickhouse_url, lambda c: accounts.create_token(c, email))
     click.echo(token)
+
+
+@tokens.command("revoke")
+@click.option("--user", "email", required=True, envvar="UPMETR_AUDIT_EMAIL", show_envvar=True,
+              help="The user whose tokens are revoked.")
+@options("data_dir", "clickhouse_url")
+@_fail_cleanly
+def tokens_revoke(email, data_dir, clickhouse_url):
+    """Revoke every API token of a user (a new one can be created after)."""
+    from upmetr_audit.web import accounts
+    n = _with_store(data_dir, clickhouse_url, lambda c: accounts.revoke_tokens(c, email))
+    click.echo(f"{email}: {n} token(s) revoked")
 
 
 @cli.group()

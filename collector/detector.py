@@ -123,8 +123,9 @@ def acknowledge(client, org_id: str, alert_id: str, by: str, now: datetime | Non
         raise ValueError("the alert is already resolved")
     if cur["state"] == "acknowledged":
         return cur
+    now = now or datetime.now(UTC)
     row = {**cur, "version": cur["version"] + 1, "change": "acknowledged", "state": "acknowledged",
-           "changed_at": now or datetime.now(UTC), "changed_by": by}
+           "changed_at": now, "changed_by": by, "acknowledged_by": by, "acknowledged_at": now}
     _insert(client, [row])
     return row
 

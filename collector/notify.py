@@ -43,7 +43,7 @@ from urllib.parse import quote, urlencode
 
 from upmetr_audit.shipper.spool import Spool
 
-from .rules import LOGIN, Rule
+from .rules import LOGIN, Rule, filterable
 
 log = logging.getLogger("upmetr_audit.notify")
 
@@ -77,10 +77,12 @@ def audit_link(base_url: str, alert: dict, rule: Rule) -> str:
         actions, status = rule.failed_actions, "failure"
     query = {"action": ",".join(actions), "status": status,
              "since": _iso(alert["window_start"]), "until": _iso(alert["window_end"])}
-    if alert["key_type"] in ("user", "ip"):   # an IPv6 key is a /64: the ip filter takes CIDRs
-        query[alert["key_type"]] = alert["key"]
-    if alert["key_type"] == "user":  # the key is the email in lower case; the attack may use any
-        query["user_case"] = "any"
+    if alert["key_type"] == "ip":   # an IPv6 key is a /64: the ip filter takes CIDRs
+        query["ip"] = alert["key"]
+    # A user key is the email in lower case; the attack may have used any. A key
+    # the page cannot filter by (a NUL, too long) is left out: the samples are exact.
+    if alert["key_type"] == "user" and filterable(alert["key"]):
+        query.update(user=alert["key"], user_case="any")
     if rule.allow:  # the rule did not count these sources (an allowlist may overlap a /64 key)
         query["not_ip"] = ",".join(rule.allow)
     return f"{base_url.rstrip('/')}/audit?{urlencode(query)}"

@@ -185,6 +185,19 @@ def _apply(rule: Rule, values: dict[str, Any], where: str) -> Rule:
 #: link to an alert's events leaves them out with its ``not_ip`` filter.
 MAX_ALLOW_NETWORKS = 64
 
+#: Longest value of the audit page's exact-match filters (user, resource_type,
+#: resource_id), which refuse a NUL character too. It covers every value the
+#: sign-in page stores (emails up to 320 characters) and, as the event
+#: contract sets no length, any value a URL can carry: at 12 bytes per
+#: percent-encoded character it stays under waitress's 256 KiB limit on a
+#: request's head. An alert link leaves out a user key it cannot filter by.
+MAX_EXACT_FILTER_LEN = 16384
+
+
+def filterable(value: str) -> bool:
+    """Whether the audit page's exact filters can take ``value``."""
+    return len(value) <= MAX_EXACT_FILTER_LEN and "\x00" not in value
+
 
 def _unique(nets: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(nets))

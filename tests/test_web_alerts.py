@@ -209,6 +209,23 @@ def test_the_link_of_a_mixed_case_attack_lists_every_spelling_it_counted(app, st
     assert re.search(r'name="user_case" value="any"\s+checked', page)
 
 
+@pytest.mark.parametrize("email", ["victim@acme.test\x00", "v" * 16400 + "@acme.test"])
+def test_the_link_of_an_alert_on_an_address_the_page_cannot_filter_by_still_works(app, store, email):
+    attack = [dict(e, org_id="acme", user_email=email,
+                   timestamp=NOW - timedelta(minutes=5) + timedelta(seconds=30 * i))
+              for i, e in enumerate(sc.brute_force(6, user="x"))]
+    insert_events(store.client, attack)
+    Detector(store.client).run_once(NOW + timedelta(minutes=1))
+    client = signed_in(app, "root@acme.test")
+    [shown] = [a for a in client.get("/api/v1/alerts").get_json()["alerts"] if a["key"] == email]
+    query = parse_qs(urlsplit(shown["events_link"]).query)
+    assert "user" not in query and query["status"] == ["failure"]  # the window's failures
+    r = client.get("/api/v1/events?" + urlsplit(shown["events_link"]).query)
+    assert r.status_code == 200
+    assert set(shown["sample_event_ids"]) <= {e["event_id"] for e in r.get_json()["events"]}
+    assert client.get(shown["events_link"]).status_code == 200
+
+
 def test_another_org_cannot_acknowledge_or_see_an_alert(app, store):
     alert_id = str(acme_alert(store)["alert_id"])
     globex = signed_in(app, "root@globex.test")
@@ -230,6 +247,8 @@ def test_api_acknowledge_then_resolved_alert_is_a_conflict(app, store):
     alert_id = str(acme_alert(store)["alert_id"])
     r = client.post(f"/api/v1/alerts/{alert_id}/ack", headers={"X-CSRF-Token": _token(client)})
     assert r.status_code == 200 and r.get_json()["alert"]["state"] == "acknowledged"
+    assert r.get_json()["alert"]["acknowledged_by"] == "root@acme.test"
+    assert r.get_json()["alert"]["acknowledged_at"] == r.get_json()["alert"]["changed_at"]
     Detector(store.client).run_once(NOW + timedelta(hours=2))
     r = client.post(f"/api/v1/alerts/{alert_id}/ack", headers={"X-CSRF-Token": _token(client)})
     assert r.status_code == 409 and "resolved" in r.get_json()["error"]["message"]

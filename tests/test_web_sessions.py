@@ -114,3 +114,34 @@ def test_ending_sessions_keeps_the_rest_of_the_account(store):
     assert [u.email for u in accounts.list_users(store.client)] == ["root@acme.test"]
     with pytest.raises(accounts.AccountError, match="no user"):
         accounts.end_sessions(store.client, "nobody@acme.test")
+
+
+def test_disabling_a_user_ends_sessions_and_tokens_for_good(app, store):
+    client = signed_in(app)
+    stolen = client.get_cookie(COOKIE).value
+    token = accounts.create_token(store.client, "root@acme.test")
+    accounts.set_disabled(store.client, "root@acme.test")
+    accounts.set_disabled(store.client, "root@acme.test", False)  # enabled again later
+    # The sessions and the token from before the disable stay dead.
+    assert replay(app, stolen).get("/api/v1/summary").status_code == 401
+    assert client.get("/api/v1/summary").status_code == 401
+    assert app.test_client().get("/api/v1/summary", headers={
+        "Authorization": f"Bearer {token}"}).status_code == 401
+    assert signed_in(app).get("/api/v1/summary").status_code == 200  # a new sign-in works
+    fresh = accounts.create_token(store.client, "root@acme.test")
+    assert app.test_client().get("/api/v1/summary", headers={
+        "Authorization": f"Bearer {fresh}"}).status_code == 200
+    assert accounts.revoke_tokens(store.client, "root@acme.test") == 1
+    assert app.test_client().get("/api/v1/summary", headers={
+        "Authorization": f"Bearer {fresh}"}).status_code == 401
+    assert accounts.revoke_tokens(store.client, "root@acme.test") == 0
+
+
+def test_a_wrong_method_or_path_with_the_session_cookie_is_405_or_404_not_csrf(app):
+    client = signed_in(app)
+    r = client.put("/api/v1/events")
+    assert r.status_code == 405 and r.get_json()["error"]["field"] == "method"
+    r = client.delete("/api/v1/nothing-here")
+    assert r.status_code == 404
+    r = client.post("/audit/alerts/00000000-0000-0000-0000-000000000000/ack")  # a real route
+    assert r.status_code == 400 and "csrf" in r.get_data(as_text=True).lower()

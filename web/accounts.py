@@ -125,10 +125,15 @@ def end_sessions(client, email: str) -> None:
 
 
 def set_disabled(client, email: str, disabled: bool = True) -> None:
+    """Disable (or enable again) an account. Disabling also ends every session
+    signed in until now: enabling the account later does not revive them."""
     user = get_user(client, email)
     if user is None:
         raise AccountError(f"no user {email}")
-    _write_user(client, replace(user, disabled=disabled))
+    ended = time.time() if disabled else user.sessions_valid_after
+    _write_user(client, replace(user, disabled=disabled, sessions_valid_after=ended))
+    if disabled:
+        revoke_tokens(client, user.email)
 
 
 def authenticate(client, email: str, password: str) -> User | None:
@@ -204,6 +209,19 @@ def create_token(client, email: str) -> str:
                                          False, _version()]],
                   column_names=["token_sha256", "email", "created_at", "revoked", "version"])
     return token
+
+
+def revoke_tokens(client, email: str) -> int:
+    """Revoke every API token of ``email`` (disabling the user does it too);
+    returns how many were in use."""
+    live = client.query(
+        f"SELECT toString(token_sha256), created_at FROM {schema.TOKENS_TABLE} FINAL "
+        "WHERE email = {e:String} AND NOT revoked", parameters={"e": email}).result_rows
+    if live:
+        version = _version()
+        client.insert(schema.TOKENS_TABLE, [[h, email, created, True, version] for h, created in live],
+                      column_names=["token_sha256", "email", "created_at", "revoked", "version"])
+    return len(live)
 
 
 def user_for_token(client, token: str) -> User | None:

@@ -65,18 +65,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from upmetr_audit.collector.rules import MAX_ALLOW_NETWORKS
+from upmetr_audit.collector.rules import MAX_ALLOW_NETWORKS, MAX_EXACT_FILTER_LEN
 from upmetr_audit.collector.schema import EVENTS_TABLE
 from upmetr_audit.shipper.catalog import ACTIONS, CATEGORIES, CATEGORY_BY_ID
 from upmetr_audit.shipper.contract import STATUSES, UUID_PATTERN
 
 MAX_LEN = 256
-#: Longest value of an exact-match filter (user, resource_type, resource_id).
-#: It covers every value the sign-in page stores (emails up to 320 characters)
-#: and, as the event contract sets no length, any value a URL can carry: at 12
-#: bytes per percent-encoded character it stays under waitress's 256 KiB limit
-#: on a request's head, so a link to any value up to this length works.
-MAX_EXACT_LEN = 16384
+MAX_EXACT_LEN = MAX_EXACT_FILTER_LEN
 PER_PAGE_CHOICES = (25, 50, 100)
 DEFAULT_PER_PAGE = 25
 RANGES: dict[str, timedelta] = {
@@ -267,7 +262,7 @@ def _exact(args: Mapping[str, str], name: str) -> str:
     spaces or control characters (a failed sign-in records the email as typed,
     inner tabs included), so nothing is stripped and only NUL is refused."""
     value = _raw(args, name, MAX_EXACT_LEN)
-    if "\x00" in value:
+    if "\x00" in value:  # see rules.filterable
         raise FilterError(name, "contains a NUL character")
     return value
 

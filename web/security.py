@@ -32,6 +32,8 @@ def check_csrf() -> None:
     """Every state-changing request made with the session cookie needs the token."""
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
+    if request.routing_exception is not None:
+        return  # no such route or method: its 404 / 405 says more, and changes nothing
     if request.authorization and request.authorization.type == "bearer":
         return  # API tokens are not sent by browsers on their own
     sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token") or ""
