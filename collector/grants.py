@@ -37,6 +37,7 @@ ACCOUNT_TABLES = tuple(_name(t) for t in (schema.USERS_TABLE, schema.TOKENS_TABL
 INGEST = _name(schema.INGEST_TABLE)
 SEALS = (_name(schema.SEALS_TABLE), _name(schema.SEAL_LEAVES_TABLE))
 ALERTS = _name(schema.ALERTS_TABLE)
+USERS = _name(schema.USERS_TABLE)
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,10 @@ APPS: tuple[App, ...] = (
     App("collector", None, (INGEST,),
         "the OpenTelemetry Collector's clickhouse exporter: INSERT into the ingest table only",
         _WRITE),
-    App("web", True, (ALERTS,),
+    App("web", True, (ALERTS, USERS),
         "the audit page: reads; its own events go through the collector; acknowledging an "
-        "alert appends a state change to audit_alerts",
+        "alert appends a state change to audit_alerts; signing out appends the user's row "
+        "with a new sessions_valid_after (ending the user's sessions everywhere)",
         # the page re-reads the same few granules: keep them decompressed (deploy.md)
         _READ + _WRITE + ("use_uncompressed_cache = 1",)),
     App("sealer", False, SEALS, "reads events, appends seals and their leaves", _READ + _WRITE),

@@ -10,7 +10,14 @@ from test_cluster_schema import fmt, split_script
 
 from upmetr_audit.collector import cluster, grants
 from upmetr_audit.collector.cli import cli
+from upmetr_audit.collector.detector import Detector, current_alerts
 from upmetr_audit.collector.errors import ConfigError
+from upmetr_audit.web import accounts
+from upmetr_audit.web.app import create_app
+
+import scenarios as sc
+from helpers import insert_events
+from test_web_api import PASSWORD
 
 ENV = {a.password_env: f"pw-{a.name}-'\\" for a in grants.APPS}
 APP = {a.name: a for a in grants.APPS}
@@ -126,3 +133,44 @@ def test_cli_prints_grants_and_refuses_bad_input(monkeypatch, tmp_path):
     missing = CliRunner().invoke(cli, ["db", "grants"])
     assert missing.exit_code == 1 and missing.output == (
         "Error: set the database passwords first: UPMETR_AUDIT_DB_PASSWORD_SEALER\n")
+
+
+class _Recording:
+    """The real store client, noting the table of every INSERT made through it."""
+
+    def __init__(self, client):
+        self._client, self.inserted = client, set()
+
+    def insert(self, table, *args, **kwargs):
+        self.inserted.add(table)
+        return self._client.insert(table, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_the_web_role_may_insert_every_table_the_page_writes(store, tmp_path):
+    """Sign in, acknowledge an alert, sign out: each table the page INSERTs into
+    is granted to its role (or a server deployment's page fails there)."""
+    accounts.create_user(store.client, "root@acme.test", "acme", "superadmin", PASSWORD)
+    accounts.set_module(store.client, "acme", accounts.AUDIT_MODULE, True)
+    insert_events(store.client, [dict(e, org_id="acme") for e in sc.brute_force(6)])
+    Detector(store.client).run_once(sc.m(6))
+    recording = _Recording(store.client)
+    app = create_app({"STORE_CLIENT": recording, "SECRET_KEY": "k" * 40, "TESTING": True})
+    client = app.test_client()
+
+    def token(path):
+        return re.search(r'name="csrf_token" value="([^"]+)"',
+                             client.get(path).get_data(as_text=True)).group(1)
+
+    assert client.post("/login", data={"email": "root@acme.test", "password": PASSWORD,
+                                       "csrf_token": token("/login")}).status_code == 302
+    [alert] = current_alerts(store.client)
+    assert client.post(f"/audit/alerts/{alert['alert_id']}/ack",
+                       data={"csrf_token": token("/audit/alerts")}).status_code == 302
+    assert client.post("/logout", data={"csrf_token": token("/audit")}).status_code == 302
+    assert recording.inserted == {"audit.audit_alerts", "audit.users"}
+    granted = {t for p, t in matrix(store.client, grants.grant_statements(None, ENV))[0][
+        APP["web"].role] if p == "INSERT"}
+    assert recording.inserted <= granted
