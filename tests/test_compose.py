@@ -159,3 +159,15 @@ def test_mounts_volumes_ports_and_health_checks():
     assert web_port in str(SERVICES["web"]["healthcheck"]["test"])
     assert _env("web")["UPMETR_AUDIT_OTLP_HTTP_ADDR"] == "otelcol:4318"
     assert "/var/lib/upmetr-audit" in str(SERVICES["seal"]["volumes"])  # keys and digests persist
+
+
+def test_the_sealer_gets_a_key_once_before_it_starts():
+    keys = SERVICES["seal-keys"]
+    data_dir = keys["environment"]["UPMETR_AUDIT_DATA_DIR"]
+    assert keys["restart"] == "no" and keys["image"] == SERVICES["seal"]["image"]
+    assert keys["volumes"] == SERVICES["seal"]["volumes"] == [f"sealer-data:{data_dir}"]
+    # Only when the volume has no keyring: `keys generate` refuses to replace one.
+    assert keys["command"] == ["sh", "-c", f"test -e {data_dir}/keys/keyring.json || "
+                                           "upmetr-audit keys generate"]
+    assert _command(["keys", "generate"]) is not None
+    assert SERVICES["seal"]["depends_on"]["seal-keys"]["condition"] == "service_completed_successfully"
