@@ -216,7 +216,7 @@ def verify(data_dir, clickhouse_url, org, since, until, digest_dir, public_key, 
         for w in result.windows:
             if w.status != "erased" or verbose:
                 _print_window(w)
-        for problem in result.problems:
+        for problem in result.other_problems:
             click.echo(f"{'problem':<16} {problem}")
         click.echo(result.summary())
     if not result.ok:

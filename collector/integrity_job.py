@@ -24,18 +24,28 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+def _once(problems: list[str]) -> list[str]:
+    return list(dict.fromkeys(problems))
+
+
 def merge(previous: dict | None, new: verify_mod.VerifyResult, since_us: int | None) -> dict:
     """The badge's record after an incremental check: problems are sticky."""
     fresh = new.to_json()
     fresh["scope"] = "full" if since_us is None else "incremental"
     if previous is None or since_us is None:
         return fresh
-    bad_windows = [w for w in previous.get("windows", []) if w["status"] not in verify_mod.OK_STATUSES]
+    before = previous.get("org_problems", {})
+    checked_again = {(w["org_id"], w["window_start_us"]) for w in fresh["windows"]}
+    bad_windows = [w for w in previous.get("windows", []) if w["status"] not in verify_mod.OK_STATUSES
+                   and (w["org_id"], w["window_start_us"]) not in checked_again]
     return {
         **fresh,
         "ok": previous.get("ok", True) and fresh["ok"],
         "through_us": fresh["through_us"] or previous.get("through_us"),
-        "problems": previous.get("problems", []) + fresh["problems"],
+        # A problem found again by the next check is listed once.
+        "problems": _once(previous.get("problems", []) + fresh["problems"]),
+        "org_problems": {o: _once(before.get(o, []) + fresh["org_problems"].get(o, []))
+                         for o in {*before, *fresh["org_problems"]}},
         "windows": bad_windows + fresh["windows"],
         "events_checked": previous.get("events_checked", 0) + fresh["events_checked"],
     }

@@ -72,23 +72,31 @@ class VerifyResult:
     counts: dict[str, int]
     events_checked: int
     windows: list[WindowResult]  # every window that is not plain "valid"
-    problems: list[str]  # problems not tied to one window (digest files, erasures)
+    problems: list[str]  # problems not tied to one window or org (the digest files)
+    #: Problems of one org not tied to one of its windows (its erasures, a seal
+    #: of a window that has not begun): the page shows each org only its own.
+    org_problems: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def other_problems(self) -> list[str]:
+        return self.problems + [p for o in sorted(self.org_problems) for p in self.org_problems[o]]
 
     @property
     def ok(self) -> bool:
-        return not self.problems and all(w.status in OK_STATUSES for w in self.windows)
+        return not self.other_problems and all(w.status in OK_STATUSES for w in self.windows)
 
     def summary(self) -> str:
         parts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()) if n)
         verdict = "OK" if self.ok else "INTEGRITY PROBLEM"
         return (f"{verdict}: {sum(self.counts.values())} windows ({parts or 'none'}), "
                 f"{self.events_checked} events checked"
-                + (f", {len(self.problems)} other problem(s)" if self.problems else ""))
+                + (f", {len(self.other_problems)} other problem(s)" if self.other_problems else ""))
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "verified_at_us": self.verified_at_us, "through_us": self.through_us,
                 "counts": self.counts, "events_checked": self.events_checked,
-                "problems": self.problems, "windows": [asdict(w) for w in self.windows]}
+                "problems": self.problems, "org_problems": self.org_problems,
+                "windows": [asdict(w) for w in self.windows]}
 
 
 # -- digest files ---------------------------------------------------------------
@@ -100,6 +108,7 @@ class _Digests:
     bad: dict[tuple[str, int], str] = field(default_factory=dict)  # window -> why its line is bad
     erasures: dict[str, dict] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    org_problems: dict[str, list[str]] = field(default_factory=dict)
     where: dict[tuple[str, int], str] = field(default_factory=dict)  # window -> "file line n"
 
 
@@ -130,8 +139,9 @@ def _read_digests(digest_dir: str, keyring: Keyring, now_us: int) -> _Digests:
             out.problems.append(f"{where}: malformed seal ({exc})")
             continue
         if seal.window_start_us > now_us:
-            out.problems.append(f"{where}: a seal of {seal.org_id} for {_iso(seal.window_start_us)}, "
-                                f"a window that has not begun: not believed")
+            out.org_problems.setdefault(seal.org_id, []).append(
+                f"{where}: a seal of {seal.org_id} for {_iso(seal.window_start_us)}, "
+                f"a window that has not begun: not believed")
             continue
         key = (seal.org_id, seal.window_start_us)
         seen = out.seals.get(key)
@@ -167,8 +177,9 @@ def _check_erasure_line(obj: dict, keyring: Keyring) -> str | None:
         return "malformed erasure record"
 
 
-def _authentic_erasures(client, dg: _Digests, orgs: list[str] | None) -> tuple[list[str], list[str]]:
-    """Erasure ids whose rows match their signed manifest; and the problems found."""
+def _authentic_erasures(client, dg: _Digests, orgs: list[str] | None) -> tuple[list[str], list[tuple]]:
+    """Erasure ids whose rows match their signed manifest; and the problems
+    found, as (org, problem)."""
     cond, params = ("WHERE org_id IN {orgs:Array(String)}", {"orgs": orgs}) if orgs else ("", {})
     rows = client.query(
         f"SELECT erasure_id, any(org_id), groupArray((toString(event_id), commitment)) "
@@ -178,10 +189,11 @@ def _authentic_erasures(client, dg: _Digests, orgs: list[str] | None) -> tuple[l
         manifest = dg.erasures.get(erasure_id)
         pairs = sorted(set(map(tuple, pairs)))
         if manifest is None:
-            problems.append(f"erasure {erasure_id} ({org}) has no signed manifest in the digest files")
+            problems.append((org, f"erasure {erasure_id} ({org}) has no signed manifest in the "
+                                  f"digest files"))
         elif (manifest["org_id"] != org or manifest["event_count"] != len(pairs)
               or manifest["events_hash"] != erasure_events_hash(pairs)):
-            problems.append(f"erasure {erasure_id} ({org}) does not match its signed manifest")
+            problems.append((org, f"erasure {erasure_id} ({org}) does not match its signed manifest"))
         else:
             good.append(erasure_id)
     return good, problems
@@ -341,15 +353,21 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
         if not (firsts or db or dg.seals or any(e.get("org_id") == org for e in dg.erasures.values())):
             raise VerifyError(f"unknown org {org!r}: it has no events, seals or digest records")
     problems = list(dg.problems)
+    org_problems = {o: list(p) for o, p in dg.org_problems.items() if not org or o == org}
+
+    def org_problem(o: str, text: str) -> None:
+        org_problems.setdefault(o, []).append(text)
+
     # A digest line without its seal row is believed only when its signature is.
     for key, seal in sorted(dg.seals.items()):
         if key not in db:
             problem = _signature_problem(seal, keyring)
             if problem:
-                problems.append(f"{dg.where[key]}: {problem}; not believed")
+                org_problem(key[0], f"{dg.where[key]}: {problem}; not believed")
                 del dg.seals[key]
     erasure_ids, erasure_problems = _authentic_erasures(client, dg, orgs)
-    problems += erasure_problems
+    for o, text in erasure_problems:
+        org_problem(o, text)
 
     # Each org's chain: its window width, and where it starts (its first seal).
     widths: dict[str, int] = {}
@@ -362,7 +380,7 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
         widths.setdefault(o, default_window_us)
         starts.setdefault(o, first // widths[o] * widths[o])
     if not widths:
-        return VerifyResult(now_us, through, {}, 0, [], problems)
+        return VerifyResult(now_us, through, {}, 0, [], problems, org_problems)
     max_w = max(widths.values())
     earliest = min([*starts.values(), *(f // widths[o] * widths[o] for o, f in firsts.items())])
     latest = max(now_us, through or 0)
@@ -499,10 +517,11 @@ def verify(client, keyring: Keyring, digest_dir: str, now_us: int, *, org: str |
                                     problems=["events before the org's first sealed window"]))
     for o, ws in sorted(db):
         if ws > now_us and ws >= hi:  # not reached above: a forged row, say
-            problems.append(f"a seal row of {o} for {_iso(ws)}, a window that has not begun: "
-                            f"not believed")
+            org_problem(o, f"a seal row of {o} for {_iso(ws)}, a window that has not begun: "
+                           f"not believed")
     return VerifyResult(verified_at_us=now_us, through_us=through, counts=dict(counts),
-                        events_checked=events_checked, windows=windows, problems=problems)
+                        events_checked=events_checked, windows=windows, problems=problems,
+                        org_problems=org_problems)
 
 
 def _whole_window(client, org, ws, width, base, erasures, version) -> tuple[int, int, str]:

@@ -393,7 +393,7 @@ def test_a_forged_erasure_does_not_hide_a_modification(sealed):
                   id=sealed.ids[1])
     result = sealed.verify(NOW)
     assert only(result) == {0: "modified"}
-    assert any("no signed manifest" in p for p in result.problems)
+    assert any("no signed manifest" in p for p in result.org_problems["org-a"])
 
 
 # -- proofs ----------------------------------------------------------------------------------

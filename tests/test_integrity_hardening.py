@@ -165,16 +165,18 @@ def test_a_forged_digest_line_ahead_of_now_raises_no_false_alarm(sealed):
     name = append_forged_line(dd, window_start_us=ws, window_end_us=ws + HOUR)
     result = verify_mod.verify(client, ring, dd, NOW)
     assert result.windows == [] and result.through_us == T0 + 3 * HOUR
-    assert len(result.problems) == 1 and result.problems[0].startswith(f"{name} line 7: ")
-    assert "has not begun" in result.problems[0]
+    assert result.problems == [] and list(result.org_problems) == ["org-a"]  # org-a's line
+    [problem] = result.other_problems
+    assert problem.startswith(f"{name} line 7: ") and "has not begun" in problem
 
 
 def test_an_unsigned_digest_line_is_one_problem_not_a_missing_seal(sealed):
     client, ring, dd = sealed
     append_forged_line(dd, org_id="org-z")
     result = verify_mod.verify(client, ring, dd, NOW)
-    assert result.windows == [] and len(result.problems) == 1
-    assert "does not match its own hash" in result.problems[0] and "not believed" in result.problems[0]
+    assert result.windows == [] and list(result.org_problems) == ["org-z"]
+    [problem] = result.other_problems
+    assert "does not match its own hash" in problem and "not believed" in problem
 
 
 def test_verify_ends_despite_a_far_future_line_or_range(tmp_path):
@@ -188,7 +190,8 @@ def test_verify_ends_despite_a_far_future_line_or_range(tmp_path):
                            text=True, timeout=120)
         assert r.returncode == 1, r.stderr
         out = json.loads(r.stdout)
-        assert out["windows"] == [] and len(out["problems"]) == 1, out
+        assert out["windows"] == [] and out["problems"] == [], out
+        assert [len(p) for p in out["org_problems"].values()] == [1], out
         assert 0 < out["through_us"] <= now
 
 

@@ -8,6 +8,7 @@ import pytest
 from upmetr_audit.collector import keys, report, schema
 from upmetr_audit.collector import verify as verify_mod
 from upmetr_audit.collector.integrity_job import IntegrityJob
+from upmetr_audit.collector.sealing import to_dt
 from upmetr_audit.web import accounts
 from upmetr_audit.web.app import create_app
 
@@ -98,3 +99,35 @@ def test_badge_says_pending_while_no_window_is_sealed_yet(app, store, data_dir):
     job.run_once(T0 + 30 * MIN)          # the first hour has not ended
     assert badge(signed_in(app, "root@acme.test")) == (
         "pending", "Not sealed yet: the first seal follows the first full hour")
+
+
+def test_a_problem_of_one_org_is_not_shown_to_another(app, store, data_dir):
+    job = IntegrityJob(store.client, data_dir)
+    job.run_once(T0 + 3 * HOUR + 6 * MIN)
+    # An erasure row of org-b with no signed manifest: org-b's problem, not one of its windows.
+    [[event_id]] = store.client.query(f"SELECT toString(event_id) FROM {schema.EVENTS_TABLE} "
+                                      "WHERE org_id = 'org-b' LIMIT 1").result_rows
+    store.client.insert(schema.ERASURES_TABLE, [["f" * 32, "org-b", event_id, "00" * 32,
+                                                 to_dt(T0 + 4 * HOUR)]],
+                        column_names=["erasure_id", "org_id", "event_id", "commitment", "erased_at"])
+    job.run_once(T0 + 4 * HOUR + 6 * MIN)
+    job.run_once(T0 + 5 * HOUR + 6 * MIN)  # sticky across a later tick
+    latest = verify_mod.latest_result(data_dir)
+    assert not latest["ok"] and latest["problems"] == [] and list(latest["org_problems"]) == ["org-b"]
+    assert badge(signed_in(app, "root@acme.test"))[0] == "verified"
+    globex = signed_in(app, "root@globex.test")
+    assert badge(globex) == ("problem", "Integrity problem detected")
+    page = globex.get("/audit/integrity").get_data(as_text=True)
+    assert "1 problem(s)" in page
+
+
+def test_a_bad_window_checked_again_by_each_tick_is_listed_once(store, data_dir):
+    insert(store.client, [event(org="org-a", received_us=T0 + h * HOUR + 10 * MIN, user=f"u{h}@a.test")
+                          for h in range(3)])
+    job = IntegrityJob(store.client, data_dir)
+    job.run_once(T0 + 3 * HOUR + 6 * MIN)
+    store.client.command(f"ALTER TABLE {schema.EVENTS_TABLE} UPDATE user_email = 'x@evil.test' "
+                         "WHERE user_email = 'u2@a.test' SETTINGS mutations_sync = 2")
+    for minute in (20, 30, 40):  # no new seal: each tick checks the newest window (hour 2) again
+        record = job.run_once(T0 + 3 * HOUR + minute * MIN)
+    assert [w["status"] for w in record["windows"]] == ["modified"]

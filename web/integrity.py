@@ -38,7 +38,8 @@ def status(org_id: str) -> dict:
         return {"state": "never", "windows": [], "other_problems": 0}
     windows = [w for w in latest.get("windows", []) if w.get("org_id") == org_id]
     bad = [w for w in windows if w["status"] not in verify_mod.OK_STATUSES]
-    other = len(latest.get("problems", []))
+    # The shared digest files' problems, and this org's own (never another org's).
+    other = len(latest.get("problems", [])) + len(latest.get("org_problems", {}).get(org_id, []))
     state = "problem" if bad or other else "verified" if latest.get("through_us") else "pending"
     return {
         "state": state,
