@@ -2,29 +2,45 @@
 
 For every event of one person in one org (``user_email``), in this order:
 
-1. record the event's personal commitment in ``audit.audit_erasures``: the
-   one its leaf holds, which depends on the leaf version of the seal of its
-   window (the current version if the window is not sealed yet);
+1. check the audit event that records the erasure (so that a value it
+   cannot carry stops the erasure before anything changes);
 2. append a signed manifest of the erasure (its id, org, pseudonym, and a
    hash of the sorted ``event_id:commitment`` list) to the digest files;
-3. in one mutation, replace the email and user id by a pseudonym
+3. record each event's personal commitment in ``audit.audit_erasures``: the
+   one its leaf holds, which depends on the leaf version of the seal of its
+   window (the current version if the window is not sealed yet);
+4. in one mutation, replace the email and user id by a pseudonym
    (``erased-<12 hex>``, the same for all the person's events), zero the IP
    and user agent, replace personal values inside ``changes`` and
    ``details``, and zero the salt: the commitment can no longer be opened
    (crypto-shredding), while the recorded commitment keeps the leaf, and so
-   the seal, verifiable.
+   the seal, verifiable;
+5. replace the person in ``audit_rejects`` (the refused rows' raw JSON) and
+   in the keys of the user alerts of ``audit_alerts``;
+6. commit the audit event (``system.personal_data_erase``), which names the
+   pseudonym, never the person;
+7. in an embedded store, wait until ClickHouse has deleted the old copies of
+   the changed rows (the parts from before the mutations).
 
-A crash before step 3 leaves the events as they were; rerunning erases them.
-The erasure itself is recorded as an audit event
-(``system.personal_data_erase``) naming the pseudonym, never the person.
+The new values are computed here and handed to the mutations through
+temporary in-memory Join and Set tables, so the mutations' text (which
+ClickHouse keeps in ``system.mutations`` and in the table's folder) holds no
+personal value. A crash or an error before step 4 leaves the events as they
+were (a manifest or erasure rows without erased events are harmless);
+rerunning erases them.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
+import re
+import string
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -35,13 +51,15 @@ from .sealing import to_dt
 from .verify import ERASURE_DOMAIN, erasure_body, erasure_events_hash
 
 REDACTED = "[erased]"
-#: Keys (in ``changes`` and ``details``) whose values are personal, whatever they hold.
+#: Keys (in ``changes``, ``details`` and refused rows) whose values are personal, whatever they hold.
 PERSONAL_KEYS = frozenset({
     "email", "user", "user_email", "username", "name", "full_name", "first_name", "last_name",
     "display_name", "phone", "phone_number", "address", "ip", "client.address", "user_agent",
     "user_agent.original", "user.id", "user.email",
 })
 _ZERO_SALT = "toFixedString(repeat('\\0', 16), 16)"
+#: Longest the erasure waits for ClickHouse to delete the old copies of the rows it changed.
+OLD_COPIES_WAIT_S = 120.0
 
 
 class ErasureError(UpmetrAuditError):
@@ -56,32 +74,67 @@ class Erasure:
     event_count: int
     dry_run: bool = False
     audit_event_id: str | None = None
+    rejects: int = 0  # refused rows whose raw JSON named the person
+    alerts: int = 0   # alert rows keyed by the person's email
+    #: Whether the old copies of the changed rows are deleted from disk (an
+    #: embedded store; ``None``: a server deletes them after its old_parts_lifetime).
+    old_copies_deleted: bool | None = None
+
+
+class Person:
+    """What names the person in a value: the email in any letter case, anywhere
+    in it; the person's user ids and IP addresses as whole tokens (user id
+    ``7`` is not in ``170``, nor 10.0.0.1 in 10.0.0.12)."""
+
+    def __init__(self, email: str, tokens=()):
+        self.email = email.casefold()
+        self.tokens = tokens = sorted({t for t in tokens if t}, key=len, reverse=True)
+        self._tokens = (re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, tokens)) + r")(?!\w)")
+                        if tokens else None)
+
+    def named_in(self, text: str) -> bool:
+        return self.email in text.casefold() or bool(self._tokens and self._tokens.search(text))
 
 
 def _personal_key(key: str) -> bool:
     return key.lower() in PERSONAL_KEYS
 
 
-def _redact(value, needles: list[str]):
+def _redact(value, person: Person):
     if isinstance(value, dict):
-        return {k: REDACTED if _personal_key(k) and v not in (None, "") else _redact(v, needles)
+        return {k: REDACTED if _personal_key(k) and v not in (None, "") else _redact(v, person)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [_redact(v, needles) for v in value]
-    if isinstance(value, str) and any(n in value for n in needles):
+        return [_redact(v, person) for v in value]
+    if isinstance(value, str) and person.named_in(value):
         return REDACTED
     return value
 
 
-def redact_changes(text: str, needles: list[str]) -> str:
+def redact_changes(text: str, person: Person) -> str:
     """``changes`` (a JSON object) with personal values replaced."""
     if not text:
         return text
     try:
         obj = json.loads(text)
     except ValueError:
-        return REDACTED if any(n in text for n in needles) else text
-    return json.dumps(_redact(obj, needles), ensure_ascii=False)
+        return REDACTED if person.named_in(text) else text
+    return json.dumps(_redact(obj, person), ensure_ascii=False)
+
+
+def redact_details(details: dict, person: Person) -> dict:
+    """``details`` with the values of personal keys, and values naming the person, replaced."""
+    return {k: REDACTED if (_personal_key(k) and v != "") or person.named_in(v) else v
+            for k, v in details.items()}
+
+
+def redact_raw(raw: str, person: Person) -> str:
+    """A refused row's raw JSON (``audit_rejects.raw``) with personal values replaced."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return REDACTED
+    return json.dumps(_redact(obj, person), ensure_ascii=False, separators=(",", ":"))
 
 
 def _seal_versions(client, org: str):
@@ -103,7 +156,10 @@ def _seal_versions(client, org: str):
 
 
 def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, now_us: int,
-          actor: str, dry_run: bool = False) -> Erasure:
+          actor: str, dry_run: bool = False, embedded: bool = False) -> Erasure:
+    """Erase one person of one org (see the module's docstring). ``embedded``:
+    the store is an embedded chDB folder, whose old copies of the changed rows
+    this process can have deleted at once."""
     if not org or not email:
         raise ErasureError("both --org and --user-email are needed")
     # [the text commitment (leaf versions 1 and 2), the binary one (version 3)]
@@ -124,40 +180,144 @@ def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, no
     subject = "erased-" + hashlib.sha256(erasure_id.encode()).hexdigest()[:12]
     if dry_run:
         return Erasure(erasure_id, org, subject, len(live), dry_run=True)
-    needles = sorted({email, *(r[1] for r in live), *(r[2] for r in live)} - {""}, key=len, reverse=True)
+    person = Person(email, [r[1] for r in live] + [r[2] for r in live])
     ids = [r[0] for r in live]
     # The commitment the event's leaf holds: that of its seal's leaf version,
     # or of the version the sealer will use if its window is not sealed yet.
     version_at = _seal_versions(client, org)
     pairs = [(r[0], r[6][version_at(r[8]) in leafhash.BINARY_COMMITMENT]) for r in live]
     erased_at = to_dt(now_us)
+    try:  # 1. the audit event, checked before anything changes
+        audit_event_id, audit_batch = local_audit.prepare(
+            "system.personal_data_erase", org=org, user=actor, resource=subject,
+            erasure_id=erasure_id, erased_events=str(len(pairs)),
+            erased_at=dt.datetime.fromtimestamp(now_us / 1e6, dt.UTC).isoformat())
+    except ValueError as exc:
+        raise ErasureError(f"the erasure's own audit event would be refused: {exc}") from None
 
-    client.insert(schema.ERASURES_TABLE, [[erasure_id, org, eid, com, erased_at] for eid, com in pairs],
-                  column_names=["erasure_id", "org_id", "event_id", "commitment", "erased_at"])
+    # 2. the signed manifest, then 3. the erasure rows it vouches for
     manifest = {"v": 1, "type": "erasure", "erasure_id": erasure_id, "org_id": org, "subject": subject,
                 "event_count": len(pairs), "events_hash": erasure_events_hash(pairs),
                 "erased_at_us": now_us, "key_id": keyring.active}
     digest = hashlib.sha256(digests.dumps(erasure_body(manifest)).encode()).digest()
     _, manifest["signature"] = keyring.sign(ERASURE_DOMAIN, digest)
     digests.append(digest_dir, [(now_us, manifest)])
+    client.insert(schema.ERASURES_TABLE, [[erasure_id, org, eid, com, erased_at] for eid, com in pairs],
+                  column_names=["erasure_id", "org_id", "event_id", "commitment", "erased_at"])
 
-    client.command(
-        f"ALTER TABLE {schema.EVENTS_TABLE} UPDATE "
-        f"user_email = {{subject:String}}, user_id = {{subject:String}}, ip = toIPv6('::'), "
-        f"user_agent = '', changes = transform(toString(event_id), {{ids:Array(String)}}, "
-        f"{{changes:Array(String)}}, changes), "
-        f"details = mapApply((k, v) -> (k, if(lower(k) IN {{keys:Array(String)}} AND v != '', "
-        f"{{redacted:String}}, if(multiSearchAny(v, {{needles:Array(String)}}), "
-        f"{{redacted:String}}, v))), details), "
-        f"pii_salt = {_ZERO_SALT} "
-        f"WHERE org_id = {{org:String}} AND event_id IN {{uuids:Array(UUID)}} "
-        f"SETTINGS mutations_sync = 2",
-        parameters={"subject": subject, "ids": ids, "uuids": ids,
-                    "changes": [redact_changes(r[4], needles) for r in live],
-                    "keys": sorted(PERSONAL_KEYS), "redacted": REDACTED, "needles": needles,
-                    "org": org})
-    event_id = local_audit.record(
-        client, "system.personal_data_erase", org=org, user=actor, resource=subject,
-        erasure_id=erasure_id, erased_events=str(len(pairs)),
-        erased_at=dt.datetime.fromtimestamp(now_us / 1e6, dt.UTC).isoformat())
-    return Erasure(erasure_id, org, subject, len(pairs), audit_event_id=event_id)
+    # 4. the events
+    changed = [schema.EVENTS_TABLE]
+    with _lookup(client, erasure_id, "events",
+                 {"event_id": "UUID", "changes": "String", "details": "Map(String, String)"},
+                 [[r[0], redact_changes(r[4], person), redact_details(r[5], person)]
+                  for r in live]) as values:
+        _mutate(client, schema.EVENTS_TABLE,
+                f"user_email = {{subject:String}}, user_id = {{subject:String}}, ip = toIPv6('::'), "
+                f"user_agent = '', changes = joinGet('{values}', 'changes', event_id), "
+                f"details = CAST(joinGet('{values}', 'details', event_id), "
+                f"'Map(LowCardinality(String), LowCardinality(String))'), pii_salt = {_ZERO_SALT}",
+                "org_id = {org:String} AND event_id IN {uuids:Array(UUID)}",
+                {"subject": subject, "uuids": ids, "org": org})
+    # 5. the refused rows and the alerts that name the person
+    rejects = _erase_rejects(client, erasure_id, org, person)
+    alerts = _erase_alert_keys(client, erasure_id, org, email, subject)
+    changed += [schema.REJECTS_TABLE] * bool(rejects) + [schema.ALERTS_TABLE] * bool(alerts)
+    # 6. the erasure as an audit event
+    local_audit.commit(client, audit_batch)
+    # 7. the old copies of the rows, on disk until ClickHouse deletes the parts they are in
+    deleted = _delete_old_copies(client, changed) if embedded else None
+    return Erasure(erasure_id, org, subject, len(pairs), audit_event_id=audit_event_id,
+                   rejects=rejects, alerts=alerts, old_copies_deleted=deleted)
+
+
+@contextlib.contextmanager
+def _lookup(client, erasure_id: str, name: str, columns: dict[str, str], rows: list[list]):
+    """A temporary in-memory Join table (keyed by its first column, not written
+    to disk) holding ``rows``, for a mutation to read with joinGet."""
+    table = f"{schema.DATABASE}.erasure_{erasure_id}_{name}"
+    ddl = ", ".join(f"{c} {t}" for c, t in columns.items())
+    client.command(f"CREATE TABLE {table} ({ddl}) ENGINE = Join(ANY, LEFT, {next(iter(columns))}) "
+                   f"SETTINGS persistent = 0")
+    try:
+        client.insert(table, rows, column_names=list(columns))
+        yield table
+    finally:
+        client.command(f"DROP TABLE IF EXISTS {table} SYNC")
+
+
+def _mutate(client, table: str, assignments: str, where: str, parameters: dict) -> None:
+    """``ALTER TABLE … UPDATE``, waited for. If it fails, it is killed, not
+    left to be retried for ever (which would hold up every later mutation)."""
+    marker = uuid.uuid4().hex  # finds this mutation in system.mutations
+    try:
+        client.command(f"ALTER TABLE {table} UPDATE {assignments} WHERE {where} AND '{marker}' != '' "
+                       f"SETTINGS mutations_sync = 2", parameters=parameters)
+    except Exception as exc:
+        database, name = table.split(".")
+        client.command("KILL MUTATION WHERE database = {db:String} AND table = {t:String} "
+                       "AND NOT is_done AND position(command, {m:String}) > 0 SYNC",
+                       parameters={"db": database, "t": name, "m": marker})
+        raise ErasureError(f"ClickHouse could not change {table} (the erasure is incomplete; "
+                           f"run it again): {exc}") from None
+
+
+def _erase_rejects(client, erasure_id: str, org: str, person: Person) -> int:
+    """Replace the person in the raw JSON of the org's refused rows; returns how many."""
+    # A first cut in SQL (multiSearchAny takes at most 255 needles at once), the exact one here.
+    chunks = [person.tokens[i:i + 255] for i in range(0, len(person.tokens), 255)]
+    named_sql = " OR ".join(["positionCaseInsensitiveUTF8(raw, {email:String}) > 0"]
+                            + [f"multiSearchAny(raw, {{t{i}:Array(String)}})" for i in range(len(chunks))])
+    rows = client.query(f"SELECT DISTINCT cityHash64(raw), raw FROM {schema.REJECTS_TABLE} "
+                        f"WHERE org_id = {{org:String}} AND ({named_sql})",
+                        parameters={"org": org, "email": person.email,
+                                    **{f"t{i}": chunk for i, chunk in enumerate(chunks)}}).result_rows
+    named = [[h, redact_raw(raw, person)] for h, raw in rows if person.named_in(raw)]
+    if not named:
+        return 0
+    with _lookup(client, erasure_id, "rejects", {"h": "UInt64", "raw": "String"}, named) as values:
+        _mutate(client, schema.REJECTS_TABLE, f"raw = joinGet('{values}', 'raw', cityHash64(raw))",
+                f"org_id = {{org:String}} AND joinGet('{values}', 'raw', cityHash64(raw)) != ''",
+                {"org": org})
+    return len(named)
+
+
+def _erase_alert_keys(client, erasure_id: str, org: str, email: str, subject: str) -> int:
+    """Key the org's user alerts on the person by the pseudonym; returns how many rows."""
+    key = email.translate(_ASCII_LOWER)  # rules.USER_KEY: ClickHouse's lower(), ASCII letters only
+    n = client.query(f"SELECT count() FROM {schema.ALERTS_TABLE} WHERE org_id = {{org:String}} "
+                     "AND key_type = 'user' AND key = {key:String}",
+                     parameters={"org": org, "key": key}).result_rows[0][0]
+    if n:
+        with _lookup(client, erasure_id, "alerts", {"key": "String", "subject": "String"},
+                     [[key, subject]]) as values:
+            _mutate(client, schema.ALERTS_TABLE, f"key = joinGet('{values}', 'subject', key)",
+                    f"org_id = {{org:String}} AND key_type = 'user' "
+                    f"AND joinGet('{values}', 'subject', key) != ''", {"org": org})
+    return n
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _delete_old_copies(client, tables: list[str]) -> bool:
+    """Have ClickHouse delete the parts from before the mutations now, not
+    after its ``old_parts_lifetime`` (8 minutes of the store being open): flush
+    the new parts to disk, let old parts go at once while waiting for them to
+    be gone (up to :data:`OLD_COPIES_WAIT_S`), then restore the setting."""
+    os.sync()  # the new parts are on disk before the old ones may go
+    names = [t.split(".")[1] for t in tables]
+    for table in tables:
+        client.command(f"ALTER TABLE {table} MODIFY SETTING old_parts_lifetime = 0")
+    try:
+        deadline = time.monotonic() + OLD_COPIES_WAIT_S
+        while time.monotonic() < deadline:
+            left = client.query("SELECT count() FROM system.parts WHERE database = {db:String} "
+                                "AND table IN {t:Array(String)} AND NOT active",
+                                parameters={"db": schema.DATABASE, "t": names}).result_rows[0][0]
+            if not left:
+                return True
+            time.sleep(0.5)
+        return False
+    finally:
+        for table in tables:
+            client.command(f"ALTER TABLE {table} RESET SETTING old_parts_lifetime")

@@ -36,16 +36,22 @@ def _now_us() -> int:
 
 
 @contextlib.contextmanager
-def _store(data_dir, clickhouse_url):
+def _open(data_dir, clickhouse_url):
     try:
         store = store_mod.open_store(_resolve_url(data_dir, clickhouse_url))
     except StoreLocked as exc:
         raise StoreLocked(exc.path, exc.pid, LOCKED_HINT) from None
     try:
         store_mod.require_current_schema(store.client)   # no DDL: least-privilege users
-        yield store.client
+        yield store
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def _store(data_dir, clickhouse_url):
+    with _open(data_dir, clickhouse_url) as store:
+        yield store.client
 
 
 class _Time(click.ParamType):
@@ -275,7 +281,8 @@ def erase(org, user_email, actor, dry_run, data_dir, clickhouse_url):
 
     Replaces the email and user id by a pseudonym, clears the IP and user
     agent and personal values in changes/details, and shreds the salt of
-    their commitment. The erasure is recorded as an audit event.
+    their commitment; replaces the person in refused rows and alert keys.
+    The erasure is recorded as an audit event.
     """
     import socket
 
@@ -283,14 +290,23 @@ def erase(org, user_email, actor, dry_run, data_dir, clickhouse_url):
 
     actor = actor or f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}"
     ring = keys.load(_keys_dir(data_dir)) if not dry_run else keys.Keyring({}, None)
-    with _store(data_dir, clickhouse_url) as client:
-        done = erasure.erase(client, ring, digests.digests_dir_for(data_dir), org, user_email,
-                             now_us=_now_us(), actor=actor, dry_run=dry_run)
+    with _open(data_dir, clickhouse_url) as store:
+        done = erasure.erase(store.client, ring, digests.digests_dir_for(data_dir), org, user_email,
+                             now_us=_now_us(), actor=actor, dry_run=dry_run, embedded=store.embedded)
     if dry_run:
         click.echo(f"dry run: would erase {done.event_count} events of {user_email} in {org}")
-    else:
-        click.echo(f"erased {done.event_count} events of {user_email} in {org}; pseudonym "
-                   f"{done.subject}, erasure {done.erasure_id} (audit event {done.audit_event_id})")
+        return
+    click.echo(f"erased {done.event_count} events of {user_email} in {org}; pseudonym "
+               f"{done.subject}, erasure {done.erasure_id} (audit event {done.audit_event_id})")
+    if done.rejects or done.alerts:
+        click.echo(f"also replaced in {done.rejects} refused row(s) and {done.alerts} alert row(s)")
+    if done.old_copies_deleted is False:
+        click.secho(f"warning: ClickHouse had not deleted the old copies of the changed rows after "
+                    f"{erasure.OLD_COPIES_WAIT_S:g}s; it deletes them within about 8 minutes of "
+                    f"the store being open (`serve`)", fg="yellow", err=True)
+    elif done.old_copies_deleted is None:
+        click.echo("the ClickHouse server deletes the old copies of the changed rows after its "
+                   "old_parts_lifetime (8 minutes by default)")
 
 
 # -- monthly report ------------------------------------------------------------------------

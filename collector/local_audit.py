@@ -25,8 +25,10 @@ from .processors import to_batch
 SERVICE_NAME = "upmetr-audit-cli"
 
 
-def record(client, action: str, *, org: str, user: str, status: str = "success", **kwargs) -> str:
-    """Commit one audit event; returns its id. ``ValueError`` if it is invalid."""
+def prepare(action: str, *, org: str, user: str, status: str = "success", **kwargs):
+    """One audit event, checked but not committed yet: ``(event id, batch)``.
+    ``ValueError`` if it is invalid. A command prepares its event before it
+    changes anything, so that a value the event cannot carry stops it early."""
     attrs = build_attributes(action, org=org, user=user, status=status, **kwargs)
     req = ExportLogsServiceRequest()
     rl = req.resource_logs.add()
@@ -42,5 +44,16 @@ def record(client, action: str, *, org: str, user: str, status: str = "success",
     batch = to_batch(req)
     if batch.rejected:
         raise ValueError(batch.rejection_message())
+    return attrs[c.EVENT_ID], batch
+
+
+def commit(client, batch) -> None:
+    """Commit an event made by :func:`prepare`."""
     ClickHouseExporter(client, Metrics()).export([batch])
-    return attrs[c.EVENT_ID]
+
+
+def record(client, action: str, *, org: str, user: str, status: str = "success", **kwargs) -> str:
+    """Commit one audit event; returns its id. ``ValueError`` if it is invalid."""
+    event_id, batch = prepare(action, org=org, user=user, status=status, **kwargs)
+    commit(client, batch)
+    return event_id

@@ -63,7 +63,8 @@ def build(client, event_id: str) -> dict:
     index = [eid for _, eid, _ in leaves].index(event["event_id"])
     if row["salt"] == "0" * 32:
         stored = client.query(f"SELECT any(commitment) FROM {schema.ERASURES_TABLE} "
-                              f"WHERE event_id = {{id:UUID}}", parameters={"id": event["event_id"]})
+                              f"WHERE org_id = {{org:String}} AND event_id = {{id:UUID}}",
+                              parameters={"org": org, "id": event["event_id"]})
         personal_part = {"erased": True, "commitment": stored.result_rows[0][0]}
     else:
         personal_part = {"erased": False, "salt": row["salt"],

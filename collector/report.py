@@ -14,6 +14,7 @@ import re
 from . import digests, schema
 from .errors import UpmetrAuditError
 from .keys import Keyring
+from .rules import KNOWN_IP
 
 REPORT_DOMAIN = b"upmetr-audit/report/v1\x00"
 FORMAT = "upmetr-audit-report/1"
@@ -89,9 +90,9 @@ def gather(client, org: str, month: str) -> dict:
     where = ("org_id = {org:String} AND timestamp >= {start:DateTime64(6, 'UTC')} "
              "AND timestamp < {end:DateTime64(6, 'UTC')}")
 
-    def top(value: str) -> str:
+    def top(value: str, known: str = "1") -> str:
         return (f"SELECT {value} AS value, count() AS n FROM {schema.EVENTS_TABLE} WHERE {where} "
-                f"AND {failed} GROUP BY value ORDER BY n DESC, value LIMIT 10")
+                f"AND {failed} AND {known} GROUP BY value ORDER BY n DESC, value LIMIT 10")
 
     return {
         "events_total": int(client.command(f"SELECT count() FROM {schema.EVENTS_TABLE} WHERE {where}",
@@ -99,7 +100,7 @@ def gather(client, org: str, month: str) -> dict:
         "failed_logins": int(client.command(
             f"SELECT count() FROM {schema.EVENTS_TABLE} WHERE {where} AND {failed}", parameters=p)),
         "top_users": _rows(client, top("user_email"), p),
-        "top_ips": _rows(client, top(_IP), p),
+        "top_ips": _rows(client, top(_IP, KNOWN_IP), p),  # `::`: no address (erased, or not sent)
         "alerts": _alerts(client, p),
         "team": _events(client, p, "category = 'team'"),
         "mfa": _events(client, p, "action IN ('mfa.enable', 'mfa.disable', 'mfa.backup_code_use')"),

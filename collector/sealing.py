@@ -142,8 +142,9 @@ def leaf_rows_sql(where: str, erasures: str | None = "", version: int = leafhash
         f"{leafhash.leaf_sql(leafhash.effective_commitment_sql(version=version), version)} AS leaf, "
         f"{zero_salt} AS erased "
         f"FROM {schema.EVENTS_TABLE} LEFT ANY JOIN ("
-        f"SELECT event_id, unhex(any(commitment)) AS erased_commitment FROM {schema.ERASURES_TABLE} "
-        f"WHERE 1 {erasures} GROUP BY event_id) AS erasures USING (event_id) WHERE {where}"
+        f"SELECT org_id, event_id, unhex(any(commitment)) AS erased_commitment "
+        f"FROM {schema.ERASURES_TABLE} WHERE 1 {erasures} GROUP BY org_id, event_id) AS erasures "
+        f"USING (org_id, event_id) WHERE {where}"
     )
 
 

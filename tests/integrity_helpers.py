@@ -86,3 +86,23 @@ def sealed_data_dir(d: str, events: list[dict]) -> list[str]:
     finally:
         store.close()
     return ids
+
+
+def two_orgs_sealed(client, tmp_path, now_us: int) -> Sealed:
+    """Events of org-a (ana in hours 0 and 2, bo in hour 0, a settings change)
+    and of org-b, sealed as of ``now_us``; ``ids`` in that order."""
+    ring = keys.load_or_generate(str(tmp_path / "keys"), T0)
+    ids = insert(client, [
+        event(received_us=T0 + 1 * MIN, user="ana@example.com"),
+        event(received_us=T0 + 2 * MIN, user="bo@example.com", status="failure", reason="bad password"),
+        event(received_us=T0 + 30 * MIN, action="settings.update", changes='{"tz": {"before": "UTC"}}',
+              details={"http.route": "/api/settings", "plan": "pro"}),
+        # hour 1 is quiet; hour 2:
+        event(received_us=T0 + 2 * HOUR + 5 * MIN, user="ana@example.com"),
+        event(received_us=T0 + 2 * HOUR + 6 * MIN, user="ana@example.com", ip="2001:db8::7"),
+        event(org="org-b", received_us=T0 + 10 * MIN, user="cy@b.example"),
+    ])
+    s = Sealed(client, str(tmp_path), ring, ids)
+    run = s.seal(now_us)
+    assert len(run.seals) == 6  # 3 windows x 2 orgs, the quiet ones included
+    return s

@@ -12,7 +12,7 @@ import pytest
 from upmetr_audit.collector import erasure, keys, leafhash, proof, sealing
 from upmetr_audit.collector import verify as verify_mod
 
-from integrity_helpers import HOUR, MIN, T0, Sealed, event, insert, to_dt
+from integrity_helpers import HOUR, MIN, T0, Sealed, event, insert, to_dt, two_orgs_sealed
 
 #: Sealing and verifying "now": three hours of events are past the grace delay.
 NOW = T0 + 3 * HOUR + 10 * MIN
@@ -20,22 +20,7 @@ NOW = T0 + 3 * HOUR + 10 * MIN
 
 @pytest.fixture
 def sealed(store, tmp_path):
-    client = store.client
-    ring = keys.load_or_generate(str(tmp_path / "keys"), T0)
-    ids = insert(client, [
-        event(received_us=T0 + 1 * MIN, user="ana@example.com"),
-        event(received_us=T0 + 2 * MIN, user="bo@example.com", status="failure", reason="bad password"),
-        event(received_us=T0 + 30 * MIN, action="settings.update", changes='{"tz": {"before": "UTC"}}',
-              details={"http.route": "/api/settings", "plan": "pro"}),
-        # hour 1 is quiet; hour 2:
-        event(received_us=T0 + 2 * HOUR + 5 * MIN, user="ana@example.com"),
-        event(received_us=T0 + 2 * HOUR + 6 * MIN, user="ana@example.com", ip="2001:db8::7"),
-        event(org="org-b", received_us=T0 + 10 * MIN, user="cy@b.example"),
-    ])
-    s = Sealed(client, str(tmp_path), ring, ids)
-    run = s.seal(NOW)
-    assert len(run.seals) == 6  # 3 windows x 2 orgs, the quiet ones included
-    return s
+    return two_orgs_sealed(store.client, tmp_path, NOW)
 
 
 def only(result, org="org-a"):
