@@ -739,6 +739,12 @@ def _export_rows(store):
     return insert(store, rows)
 
 
+@pytest.mark.parametrize("text", [" =1+1", "\n=1+1", "\u3000@SUM(A1)", "\uff1d1+1", "  \uff0bcmd"])
+def test_a_formula_after_blanks_or_in_fullwidth_signs_is_neutralised(text):
+    assert Q.csv_cell(text) == "'" + text
+    assert Q.csv_cell("a=1") == "a=1" and Q.csv_cell(" plain") == " plain"
+
+
 def test_export_csv_and_ndjson_hold_exactly_the_filtered_rows(store):
     specs = _export_rows(store)
     client = store.client

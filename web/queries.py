@@ -92,6 +92,9 @@ _UUID_RE = re.compile(UUID_PATTERN)
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: What a spreadsheet may also take as a formula's start after leading blanks:
+#: the same signs, and their fullwidth forms (which some convert on input).
+_FORMULA_AFTER_BLANKS = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 #: The table's columns, in DDL order; the SELECT expression of those that differ.
 COLUMNS: tuple[str, ...] = (
@@ -721,7 +724,8 @@ def _export(client, org_id, filters, encode, header: bytes, chunk_rows: int) -> 
 def csv_cell(value) -> str:
     """A CSV cell that a spreadsheet will not run as a formula."""
     text = json.dumps(value, ensure_ascii=False, sort_keys=True) if isinstance(value, dict) else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    formula = text.startswith(_FORMULA_START) or text.lstrip().startswith(_FORMULA_AFTER_BLANKS)
+    return "'" + text if formula else text
 
 
 def _csv_lines(rows) -> bytes:
