@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from upmetr_audit.collector import schema
+from upmetr_audit.collector import store as store_mod
 from upmetr_audit.collector.cli import cli
 from upmetr_audit.collector.settings import SETTINGS
 
@@ -178,3 +179,26 @@ def test_serve_demo_end_to_end_then_lock_then_clean_shutdown(tmp_path):
                        capture_output=True, text=True, timeout=60)
     rows = int(re.search(r"audit_events\s+MergeTree\s+rows=(\d+)", r.stdout).group(1))
     assert r.returncode == 0 and rows > 0
+
+
+def test_users_and_tokens_commands_create_disable_and_revoke(tmp_path):
+    from upmetr_audit.web import accounts
+
+    runner = CliRunner()
+    base = ["--data-dir", str(tmp_path)]
+    r = runner.invoke(cli, ["users", "create", "--email", "root@acme.test", "--org", "acme",
+                            "--role", "superadmin", "--password", "a long enough password", *base])
+    assert r.exit_code == 0, r.output
+    first = runner.invoke(cli, ["tokens", "create", "--user", "root@acme.test", *base]).output.strip()
+    second = runner.invoke(cli, ["tokens", "create", "--user", "root@acme.test", *base]).output.strip()
+    assert first.startswith(accounts.TOKEN_PREFIX) and second != first
+    r = runner.invoke(cli, ["tokens", "revoke", "--user", "root@acme.test", *base])
+    assert r.exit_code == 0 and r.output == "root@acme.test: 2 token(s) revoked\n"
+    third = runner.invoke(cli, ["tokens", "create", "--user", "root@acme.test", *base]).output.strip()
+    r = runner.invoke(cli, ["users", "disable", "root@acme.test", *base])
+    assert r.exit_code == 0 and r.output == "root@acme.test disabled\n"
+    store = store_mod.open_store(store_mod.default_url(str(tmp_path)))
+    try:
+        assert [accounts.user_for_token(store.client, t) for t in (first, second, third)] == [None] * 3
+    finally:
+        store.close()
