@@ -39,7 +39,7 @@ import uuid
 from dataclasses import dataclass
 
 from . import contract as c
-from .spool import SpoolError, SpoolFullError
+from .spool import SpoolError, SpoolFullError, append_whole
 
 log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 1024 * 1024
@@ -180,8 +180,13 @@ class Agent:
                 except FileNotFoundError:
                     continue
                 key = (st.st_dev, st.st_ino)
-                if key not in self.files and os.path.isfile(path):
-                    self.files[key] = _File(path, *key, offset=0, saved=self._saved.pop(key, None))
+                known = self.files.get(key)
+                if known is None:
+                    if os.path.isfile(path):
+                        self.files[key] = _File(path, *key, offset=0, saved=self._saved.pop(key, None))
+                elif known.rotated or (known.path != path and not self._is_at(known, known.path)):
+                    # At a name the globs match (rotated to one): the same file, read on where it was.
+                    known.path, known.rotated = path, False
 
     def _find_rotated(self) -> None:
         """At start-up: a checkpointed file no glob matches any more was
@@ -205,6 +210,14 @@ class Agent:
                             "was stopped); lines written to it after the checkpoint were not shipped",
                             extra={"path": path, "offset": saved["offset"]})
         self._saved = {}
+
+    @staticmethod
+    def _is_at(f: _File, path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (f.dev, f.ino)
 
     @staticmethod
     def _same_head(path: str, saved: dict) -> bool:
@@ -241,8 +254,10 @@ class Agent:
 
     # -- reading ----------------------------------------------------------------
 
-    def poll_once(self) -> int:
-        """Read every new complete line of every file; returns lines handled."""
+    def poll_once(self, stopping: bool = False) -> int:
+        """Read every new complete line of every file; returns lines handled.
+        ``stopping``: the last read before a stop. A deleted file is finished
+        then without the rotate wait: after a restart it could not be found."""
         self._discover()
         if self._saved:
             self._find_rotated()
@@ -264,7 +279,8 @@ class Agent:
                 now = time.monotonic()
                 if f.gone_since is None:
                     f.gone_since = now
-                if now - f.gone_since >= self.rotate_wait_s and self._finish(f):
+                deleted = stopping and os.fstat(f.fd).st_nlink == 0
+                if (deleted or now - f.gone_since >= self.rotate_wait_s) and self._finish(f):
                     os.close(f.fd)
                     del self.files[key]
             else:
@@ -331,7 +347,13 @@ class Agent:
             f.offset += start
             f.partial = data[start:]
             if len(f.partial) > MAX_LINE_BYTES:
-                self._dead(f, f.offset, f.partial[:200], f"line longer than {MAX_LINE_BYTES} bytes")
+                try:
+                    self._dead(f, f.offset, f.partial[:200], f"line longer than {MAX_LINE_BYTES} bytes")
+                except SpoolError as exc:  # read again from its start at the next poll
+                    f.partial = b""
+                    self.lines_read += 1  # _spool_refused counts a refused line back
+                    self._spool_refused(f, exc)
+                    return handled
                 f.offset += len(f.partial)
                 f.partial = b""
                 f.skipping = True
@@ -371,12 +393,18 @@ class Agent:
             return fh.read(offset).count(b"\n") + 1
 
     def _dead(self, f: _File, offset: int, text: bytes, error: str) -> None:
-        self.dead_lettered += 1
+        """Append the line to the dead-letter file. When that cannot be written
+        (a full disk), :class:`SpoolError`: the line waits in its file, like a
+        line the spool refuses, and no partial entry is left behind."""
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "file": f.path,
                  "line": self._line_number(f, offset), "offset": offset, "error": error,
                  "text": text.decode("utf-8", "replace")}
-        with open(self.dead_letter_path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        try:
+            append_whole(self.dead_letter_path, json.dumps(entry, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            raise SpoolError(exc.errno or 0, f"cannot write the dead-letter file "
+                                             f"{self.dead_letter_path}: {exc.strerror or exc}") from None
+        self.dead_lettered += 1
         log.warning("bad audit line sent to dead-letter", extra=entry)
 
     def run(self, stop: threading.Event, progress=None, progress_every_s: float = 5.0) -> None:
@@ -390,7 +418,7 @@ class Agent:
                     last = time.monotonic()
                 stop.wait(self.poll_interval_s)
             if self.spool_error is None:  # a last read, unless the spool refuses lines
-                self.poll_once()
+                self.poll_once(stopping=True)
         finally:
             self.save_checkpoints()
             for f in self.files.values():

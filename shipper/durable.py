@@ -45,7 +45,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.sdk._logs import LogRecordProcessor
 
 from . import contract
-from .spool import Position, SpoolError, SpoolFullError
+from .spool import Position, SpoolError, SpoolFullError, append_whole
 from .transport import PARTIAL, PERMANENT, RETRY, TOO_LARGE
 from .values import attrs_to_dict
 
@@ -148,13 +148,13 @@ class DeadLetter:
         self._lock = threading.Lock()
 
     def write(self, payloads: list[bytes], reason: str, message: str) -> None:
+        """Append one entry per payload, all of them or none (``OSError``)."""
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            for p in payloads:
-                record = otlp_json(ExportLogsServiceRequest.FromString(p))
-                f.write(json.dumps({"time": now, "reason": reason, "message": message,
-                                    "request": record}, ensure_ascii=False) + "\n")
-            f.flush()
+        text = "".join(json.dumps({"time": now, "reason": reason, "message": message,
+                                   "request": otlp_json(ExportLogsServiceRequest.FromString(p))},
+                                  ensure_ascii=False) + "\n" for p in payloads)
+        with self._lock:
+            append_whole(self.path, text)
 
 
 def _varint(n: int) -> bytes:
@@ -262,7 +262,8 @@ class DurableLogRecordProcessor(LogRecordProcessor):
         self._stopping = threading.Event()
         self._shutdown = False
         self._oldest_ns = 0
-        #: (position, records, dead-lettered, partial) of a batch whose ack failed.
+        #: (position, records, dead letters still to write, partial, dead-lettered)
+        #: of a batch whose answer is in but whose dead letters or ack failed.
         self._unsettled: tuple | None = None
         self._encoder = RecordEncoder()
         self._pid, self._forked = os.getpid(), False
@@ -363,7 +364,7 @@ class DurableLogRecordProcessor(LogRecordProcessor):
                     self.stats.sender_error = f"{type(exc).__name__}: {exc}"
                 log.error("audit shipper: the sending thread failed; retrying",
                           exc_info=True, extra={"error": str(exc), "retry_in_s": delay})
-                if self._unsettled is None:  # else the batch is settled: only its ack is retried
+                if self._unsettled is None:  # else its answer is in: only settling it is retried
                     self.queue.rewind()
                 if not self._sleep(delay):
                     break
@@ -376,7 +377,7 @@ class DurableLogRecordProcessor(LogRecordProcessor):
 
     def _deliver_once(self, attempt: int) -> int:
         """Read, send and settle one batch; returns the retry attempt count."""
-        if self._unsettled is not None:  # its ack failed (a disk error): ack it, do not resend
+        if self._unsettled is not None:  # settling failed (a disk error): settle it, do not resend
             self._settle(*self._unsettled)
             return 0
         self._linger()
@@ -404,25 +405,33 @@ class DurableLogRecordProcessor(LogRecordProcessor):
             self.queue.rewind()
             self.max_batch = max(1, len(payloads) // 2)
             return 0
+        if self._shutdown:  # the answer came after shutdown gave up: the batch stays spooled
+            return 0
+        letters = None
         if result.outcome in (PERMANENT, TOO_LARGE):
-            self.dead_letter.write(payloads, result.outcome, result.message)
-            dead = len(payloads)
+            letters = (payloads, result.outcome, result.message)
             log.error("audit events refused by the collector; written to dead-letter",
                       extra={"events": len(payloads), "reason": result.message,
                              "dead_letter": self.dead_letter.path})
         elif result.outcome == PARTIAL:
-            dead = self._partial(payloads, result)
-        else:
-            dead = 0
-        self._settle(pos, len(payloads), dead, result.outcome == PARTIAL)
+            letters = (self._refused(payloads, result), "partial success", result.message)
+        self._settle(pos, len(payloads), letters, result.outcome == PARTIAL)
         return 0
 
-    def _settle(self, pos, n: int, dead: int, partial: bool) -> None:
-        """Acknowledge a delivered (or dead-lettered) batch, then count it. When
-        the ack fails, the batch stays unsettled and only its ack is tried
-        again: sending it again would write its dead letters twice."""
-        self._unsettled = (pos, n, dead, partial)
-        self.queue.ack(pos)
+    def _settle(self, pos, n: int, letters: tuple | None, partial: bool, dead: int | None = None) -> None:
+        """Dead-letter what the collector refused (``letters``: payloads, reason,
+        message), acknowledge the batch, then count it. If the dead-letter
+        file or the ack cannot be written (a disk error), the batch stays
+        unsettled and only what is left of this is tried again, never the
+        send: sending it again would write its dead letters twice."""
+        if dead is None:
+            dead = len(letters[0]) if letters else 0
+        self._unsettled = (pos, n, letters, partial, dead)
+        if letters:
+            self.dead_letter.write(*letters)  # whole or not at all
+            self._unsettled = (pos, n, None, partial, dead)
+        if self.queue.ack(pos) is False:  # the spool was closed meanwhile: not this process's now
+            return
         self._unsettled = None
         with self._lock:
             self.stats.sent += n - dead
@@ -456,16 +465,15 @@ class DurableLogRecordProcessor(LogRecordProcessor):
             self._full.wait(remaining)
             self._full.clear()
 
-    def _partial(self, payloads: list[bytes], result) -> int:
-        """Dead-letter what the server refused of a batch; returns how many."""
+    def _refused(self, payloads: list[bytes], result) -> list[bytes]:
+        """What the server refused of a batch (all of it, if it cannot be told)."""
         now = time.time_ns()
         refused = [p for p in payloads if locally_refused(p, now)]
         if len(refused) != result.rejected:
             refused = payloads  # cannot tell which: keep them all for inspection
-        self.dead_letter.write(refused, "partial success", result.message)
         log.error("collector refused part of a batch; refused records written to dead-letter",
                   extra={"rejected": result.rejected, "reason": result.message})
-        return len(refused)
+        return refused
 
     def _notify_idle(self) -> None:
         """Wake ``force_flush`` waiters to look at ``stats.pending`` again."""

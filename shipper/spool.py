@@ -124,6 +124,27 @@ class _Segment:
         self.writers: list[None] = []  # list.append / pop are atomic under the GIL
 
 
+def append_whole(path: str, text: str) -> None:
+    """Append ``text`` to a line file (a dead-letter file) whole or not at
+    all: when the write fails part-way (a full disk), the file is cut back to
+    where it was, so no torn entry is left, and the ``OSError`` is raised."""
+    data = memoryview(text.encode("utf-8"))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass  # as it is
+            raise
+    finally:
+        os.close(fd)
+
+
 def _segment_name(seq: int) -> str:
     return f"seg-{seq:016d}.log"
 
@@ -451,16 +472,17 @@ class Spool:
         """Read again from the last acknowledged position (after a failed send)."""
         self._read_pos = self._cursor
 
-    def ack(self, pos: Position) -> None:
+    def ack(self, pos: Position) -> bool:
         """Everything before ``pos`` is delivered: persist the cursor, delete
         fully delivered segments, and wake appends waiting for space. After
-        :meth:`close` it does nothing: the spool is no longer this process's
-        (another may have opened it), and the batch is sent again by the next
-        one (the collector de-duplicates)."""
+        :meth:`close` it does nothing and returns False: the spool is no
+        longer this process's (another may have opened it), and the batch is
+        sent again by the next one (the collector de-duplicates)."""
         with self._ack_lock:
             if self._closed:
-                return
+                return False
             self._ack(pos)
+            return True
 
     def _ack(self, pos: Position) -> None:
         tmp = os.path.join(self.directory, "cursor.tmp")

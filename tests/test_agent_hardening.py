@@ -241,3 +241,60 @@ def test_the_agent_stops_while_the_spool_is_full(tmp_path):
         assert agent.shipped == audit.stats()["pending"]
     finally:
         audit.shutdown(timeout_s=0.5)
+
+
+def test_a_deleted_files_last_line_is_read_when_the_agent_stops_during_the_rotate_wait(
+        agent_for, store, tmp_path, caplog):
+    log = tmp_path / "app.log"
+    write(log, event(0))
+    write(log, event(1), end="")  # its writer stopped without a final newline
+    agent = agent_for(str(log), rotate_wait_s=3600)
+    agent.poll_once()
+    os.unlink(log)
+    agent.poll_once()  # within the wait: kept open
+    assert len(agent.files) == 1
+    stop_now = threading.Event()
+    stop_now.set()
+    agent.run(stop_now)  # the last read: a deleted file could not be found after a restart
+    assert stored_lines(store, agent) == [0, 1] and agent.files == {}
+    stop(agent)
+    again = agent_for(str(log))
+    again.poll_once()
+    assert "a checkpointed file is gone" not in caplog.text
+
+
+def test_a_dead_letter_file_that_cannot_be_written_makes_reading_wait_not_die(agent_for, store, tmp_path):
+    log = tmp_path / "app.log"
+    write(log, event(0))
+    with open(log, "a") as f:
+        f.write("this is not json\n")
+    write(log, event(2))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "dead-letter.jsonl").mkdir()  # cannot be written (as on a full disk)
+    agent = agent_for(str(log))
+    agent.poll_once()
+    assert agent.spool_error and "dead-letter" in agent.spool_error
+    assert stored_lines(store, agent) == [0]  # the bad line, and what follows it, wait
+    (tmp_path / "state" / "dead-letter.jsonl").rmdir()
+    agent.poll_once()
+    assert stored_lines(store, agent) == [0, 2] and agent.spool_error is None
+    assert [d["line"] for d in dead_letters(tmp_path)] == [2]
+
+
+def test_a_file_rotated_to_a_name_the_glob_also_matches_is_not_read_again(agent_for, store, tmp_path):
+    write(tmp_path / "app.log", event(0), event(1))
+    with open(tmp_path / "app.log", "a") as f:
+        f.write("this is not json\n")
+    agent = agent_for(str(tmp_path / "*.log"), rotate_wait_s=0)
+    agent.poll_once()
+    os.rename(tmp_path / "app.log", tmp_path / "app-20260101.log")
+    write(tmp_path / "app.log", event(2))
+    for _ in range(3):
+        agent.poll_once()
+    write(tmp_path / "app-20260101.log", event(3))  # a writer that still holds it
+    agent.poll_once()
+    assert agent.audit.flush(30)
+    lines = [int(r[0]) for r in store.client.query(
+        "SELECT details['line'] FROM audit.audit_events ORDER BY details['line']").result_rows]
+    assert lines == [0, 1, 2, 3] and agent.shipped == 4  # none sent twice
+    assert len(dead_letters(tmp_path)) == 1

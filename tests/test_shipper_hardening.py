@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from upmetr_audit.shipper import AuditLogger
 
-from helpers import TOKEN, post, rows, wait_for
+from helpers import TOKEN, post, rows, run_on_a_small_disk, wait_for
 
 
 class Scripted:
@@ -121,6 +121,74 @@ def test_a_failed_ack_is_retried_alone_not_the_send(shipper, scripted, tmp_path)
     assert len(lines) == 1 and len(server.requests) == 2
     stats = audit.stats()
     assert (stats["dead_lettered"], stats["sent"], stats["pending"]) == (1, 1, 0)
+
+
+REFUSED = (400, {"Content-Type": "application/json"}, b'{"message": "bad"}')
+
+
+def dead_letter_ids(path) -> list[str]:
+    out = []
+    for line in path.read_text().splitlines():
+        [rec] = json.loads(line)["request"]["resourceLogs"][0]["scopeLogs"][0]["logRecords"]
+        out += [a["value"]["stringValue"] for a in rec["attributes"] if a["key"] == "log.record.uid"]
+    return out
+
+
+def test_a_dead_letter_file_that_cannot_be_written_is_retried_not_the_send(shipper, scripted, tmp_path):
+    server = scripted(lambda n, b: REFUSED)
+    audit = shipper(server.url, backoff_max_s=0.05)
+    dead = tmp_path / "spool" / "dead-letter.jsonl"
+    dead.mkdir()  # the dead-letter file cannot be written (as on a full disk)
+    audit.auth.logout(org="acme", user="a@acme.test")
+    wait_for(lambda: "dead-letter.jsonl" in audit.stats()["sender_error"])
+    dead.rmdir()
+    assert audit.flush(10)
+    assert len(server.requests) == 1 and len(dead_letter_ids(dead)) == 1
+    stats = audit.stats()
+    assert (stats["dead_lettered"], stats["sent"], stats["pending"]) == (1, 0, 0)
+
+
+def test_an_answer_that_comes_after_shutdown_gave_up_settles_nothing(shipper, scripted, tmp_path):
+    answer = threading.Event()
+    slow = scripted(lambda n, b: (answer.wait(20), REFUSED)[1])
+    audit = shipper(slow.url)
+    audit.auth.logout(org="acme", user="a@acme.test")
+    wait_for(lambda: slow.requests)
+    assert audit.shutdown(timeout_s=0.2) == 1  # it gives up on the send under way
+    answer.set()  # the refusal arrives now
+    wait_for(lambda: not audit.processor._worker.is_alive())
+    dead = tmp_path / "spool" / "dead-letter.jsonl"
+    assert not dead.exists() and audit.stats()["pending"] == 1 and audit.stats()["dead_lettered"] == 0
+    again = shipper(scripted(lambda n, b: REFUSED).url)  # the next run sends it, once
+    assert again.stats()["pending"] == 1 and again.flush(10)
+    assert len(dead_letter_ids(dead)) == 1
+
+
+def test_a_dead_letter_write_cut_short_by_a_full_disk_leaves_no_torn_entry(tmp_path):
+    result = run_on_a_small_disk(tmp_path, APPEND_ON_A_FULL_DISK)
+    assert result == {"raised": True, "size_unchanged": True, "then_appended": True}
+
+
+APPEND_ON_A_FULL_DISK = r"""
+import json, os, sys
+from upmetr_audit.shipper.spool import append_whole
+disk = sys.argv[1]
+path = os.path.join(disk, "dead-letter.jsonl")
+append_whole(path, '{"first": 1}\n')
+fill(os.path.join(disk, "filler"))
+size = os.path.getsize(path)
+try:
+    append_whole(path, '{"big": "' + "x" * 64 * 1024 + '"}\n')
+    raised = False
+except OSError:
+    raised = True
+unchanged = os.path.getsize(path) == size
+os.unlink(os.path.join(disk, "filler"))
+append_whole(path, '{"second": 2}\n')
+lines = [json.loads(line) for line in open(path)]
+print(json.dumps({"raised": raised, "size_unchanged": unchanged,
+                  "then_appended": lines == [{"first": 1}, {"second": 2}]}))
+"""
 
 
 def test_an_ack_after_close_leaves_the_spool_as_it_was(tmp_path):
