@@ -202,6 +202,9 @@ def _run_collector(*, url, settings, log_level, summary_interval, demo_dir=None,
         store = store_mod.open_store(url)
         started.callback(store.close)
         store_mod.migrate(store.client)
+        if store.embedded:  # this process alone has the folder: undo what a killed `erase` left
+            from .erasure import clear_leftovers
+            clear_leftovers(store.client)
         store.start_purging()  # long-running: keep chDB's freed pages from piling up in RSS
         collector = Collector(store, settings)
         collector.start()

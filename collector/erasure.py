@@ -40,6 +40,7 @@ import json
 import os
 import re
 import string
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -58,8 +59,10 @@ PERSONAL_KEYS = frozenset({
     "user_agent.original", "user.id", "user.email",
 })
 _ZERO_SALT = "toFixedString(repeat('\\0', 16), 16)"
-#: Longest the erasure waits for ClickHouse to delete the old copies of the rows it changed.
-OLD_COPIES_WAIT_S = 120.0
+#: Longest the erasure waits for ClickHouse to delete the old copies of the
+#: rows it changed: its cleanup runs every 30 s or so, and after a while
+#: with nothing to clean, up to every 5 minutes (measured on chDB 4.4).
+OLD_COPIES_WAIT_S = 360.0
 
 
 class ErasureError(UpmetrAuditError):
@@ -81,31 +84,68 @@ class Erasure:
     old_copies_deleted: bool | None = None
 
 
+#: Around a name: not inside a longer word, address or number (``ann@x.org``
+#: is not in ``joann@x.org``, user id ``1`` is not in ``192.0.2.1``); a final
+#: full stop ends a sentence, not a name (but ``ann@x.org.br`` is another one).
+_BEFORE, _AFTER = r"(?<![\w.+:@-])", r"(?![\w+:@-]|\.\w)"
+#: The same around an email, which may follow a colon (``mailto:``, ``invited:``).
+_BEFORE_EMAIL, _AFTER_EMAIL = r"(?<![\w.+@-])", r"(?![\w+@-]|\.\w)"
+
+
 class Person:
-    """What names the person in a value: the email in any letter case, anywhere
-    in it; the person's user ids and IP addresses as whole tokens (user id
-    ``7`` is not in ``170``, nor 10.0.0.1 in 10.0.0.12)."""
+    """What names the person in a value: the email, in any letter case, and
+    the person's user ids and IP addresses, each as a whole name (see
+    ``_BEFORE``/``_AFTER``)."""
 
     def __init__(self, email: str, tokens=()):
-        self.email = email.casefold()
-        self.tokens = tokens = sorted({t for t in tokens if t}, key=len, reverse=True)
-        self._tokens = (re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, tokens)) + r")(?!\w)")
+        self.email = email
+        self.tokens = tokens = sorted({t for t in tokens if t and t != email}, key=len, reverse=True)
+        self._email = re.compile(_BEFORE_EMAIL + re.escape(email) + _AFTER_EMAIL, re.IGNORECASE)
+        self._tokens = (re.compile(_BEFORE + "(?:" + "|".join(map(re.escape, tokens)) + ")" + _AFTER)
                         if tokens else None)
 
     def named_in(self, text: str) -> bool:
-        return self.email in text.casefold() or bool(self._tokens and self._tokens.search(text))
+        return bool(self._email.search(text) or (self._tokens and self._tokens.search(text)))
+
+    def named_anywhere(self, value) -> bool:
+        """Whether a decoded JSON value names the person, in a key or a value."""
+        if isinstance(value, dict):
+            return any(self.named_in(k) or self.named_anywhere(v) for k, v in value.items())
+        if isinstance(value, list):
+            return any(self.named_anywhere(v) for v in value)
+        return isinstance(value, str) and self.named_in(value)
+
+    def search_terms(self) -> list[str]:
+        """The email and ids as written and as JSON escapes them (``/`` and
+        ``"`` escaped), for a first cut in SQL."""
+        terms = [self.email, *self.tokens]
+        escaped = (json.dumps(t, ensure_ascii=False)[1:-1].replace("/", "\\/") for t in terms)
+        return sorted({*terms, *escaped})
 
 
 def _personal_key(key: str) -> bool:
     return key.lower() in PERSONAL_KEYS
 
 
-def _redact(value, person: Person):
+def _keys(d: dict, person: Person) -> dict:
+    """``d`` with every key that names the person renamed ``[erased]`` (``[erased 2]``...)."""
+    out, n = {}, 0
+    for k, v in d.items():
+        if person.named_in(k):
+            n += 1
+            k = REDACTED if n == 1 else f"[erased {n}]"
+        out[k] = v
+    return out
+
+
+def _redact(value, person: Person, own: bool = True):
+    """``value`` with what names the person replaced; ``own``: also every value
+    under a personal key (the person's own record, not one that mentions them)."""
     if isinstance(value, dict):
-        return {k: REDACTED if _personal_key(k) and v not in (None, "") else _redact(v, person)
-                for k, v in value.items()}
+        return _keys({k: REDACTED if own and _personal_key(k) and v not in (None, "")
+                      else _redact(v, person, own) for k, v in value.items()}, person)
     if isinstance(value, list):
-        return [_redact(v, person) for v in value]
+        return [_redact(v, person, own) for v in value]
     if isinstance(value, str) and person.named_in(value):
         return REDACTED
     return value
@@ -123,18 +163,25 @@ def redact_changes(text: str, person: Person) -> str:
 
 
 def redact_details(details: dict, person: Person) -> dict:
-    """``details`` with the values of personal keys, and values naming the person, replaced."""
-    return {k: REDACTED if (_personal_key(k) and v != "") or person.named_in(v) else v
-            for k, v in details.items()}
+    """``details`` with the values of personal keys, values naming the person,
+    and keys naming the person, replaced."""
+    return _keys({k: REDACTED if (_personal_key(k) and v != "") or person.named_in(v) else v
+                  for k, v in details.items()}, person)
 
 
-def redact_raw(raw: str, person: Person) -> str:
-    """A refused row's raw JSON (``audit_rejects.raw``) with personal values replaced."""
+def redact_raw(raw: str, person: Person) -> str | None:
+    """A refused row's raw JSON (``audit_rejects.raw``) with what names the
+    person replaced (all its personal values if it is the person's own record:
+    its ``user.email`` names them); ``None`` if it does not name them."""
     try:
         obj = json.loads(raw)
     except ValueError:
-        return REDACTED
-    return json.dumps(_redact(obj, person), ensure_ascii=False, separators=(",", ":"))
+        return REDACTED if person.named_in(raw) else None
+    if not person.named_anywhere(obj):
+        return None
+    attrs = obj.get("LogAttributes") if isinstance(obj, dict) else None
+    own = isinstance(attrs, dict) and person.named_in(str(attrs.get("user.email", "")))
+    return json.dumps(_redact(obj, person, own), ensure_ascii=False, separators=(",", ":"))
 
 
 def _seal_versions(client, org: str):
@@ -156,12 +203,17 @@ def _seal_versions(client, org: str):
 
 
 def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, now_us: int,
-          actor: str, dry_run: bool = False, embedded: bool = False) -> Erasure:
+          actor: str, dry_run: bool = False, embedded: bool = False,
+          stop: threading.Event | None = None, progress=None) -> Erasure:
     """Erase one person of one org (see the module's docstring). ``embedded``:
-    the store is an embedded chDB folder, whose old copies of the changed rows
-    this process can have deleted at once."""
+    the store is an embedded chDB folder, which this process alone has open:
+    it clears what an erase stopped half-way left, and has the old copies of
+    the changed rows deleted at once. ``stop`` cuts that last wait short;
+    ``progress(message)`` is told when it begins."""
     if not org or not email:
         raise ErasureError("both --org and --user-email are needed")
+    if embedded:
+        clear_leftovers(client)
     # [the text commitment (leaf versions 1 and 2), the binary one (version 3)]
     commitments = ", ".join(f"lower(hex({leafhash.commitment_sql(version=v)}))" for v in (1, 3))
     rows = client.query(
@@ -181,7 +233,6 @@ def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, no
     if dry_run:
         return Erasure(erasure_id, org, subject, len(live), dry_run=True)
     person = Person(email, [r[1] for r in live] + [r[2] for r in live])
-    ids = [r[0] for r in live]
     # The commitment the event's leaf holds: that of its seal's leaf version,
     # or of the version the sealer will use if its window is not sealed yet.
     version_at = _seal_versions(client, org)
@@ -207,17 +258,10 @@ def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, no
 
     # 4. the events
     changed = [schema.EVENTS_TABLE]
-    with _lookup(client, erasure_id, "events",
-                 {"event_id": "UUID", "changes": "String", "details": "Map(String, String)"},
-                 [[r[0], redact_changes(r[4], person), redact_details(r[5], person)]
+    with _lookup(client, erasure_id, "events", EVENTS_LOOKUP,
+                 [[r[0], 1, redact_changes(r[4], person), redact_details(r[5], person)]
                   for r in live]) as values:
-        _mutate(client, schema.EVENTS_TABLE,
-                f"user_email = {{subject:String}}, user_id = {{subject:String}}, ip = toIPv6('::'), "
-                f"user_agent = '', changes = joinGet('{values}', 'changes', event_id), "
-                f"details = CAST(joinGet('{values}', 'details', event_id), "
-                f"'Map(LowCardinality(String), LowCardinality(String))'), pii_salt = {_ZERO_SALT}",
-                "org_id = {org:String} AND event_id IN {uuids:Array(UUID)}",
-                {"subject": subject, "uuids": ids, "org": org})
+        _mutate(client, schema.EVENTS_TABLE, *events_update(values), {"subject": subject, "org": org})
     # 5. the refused rows and the alerts that name the person
     rejects = _erase_rejects(client, erasure_id, org, person)
     alerts = _erase_alert_keys(client, erasure_id, org, email, subject)
@@ -225,9 +269,29 @@ def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, no
     # 6. the erasure as an audit event
     local_audit.commit(client, audit_batch)
     # 7. the old copies of the rows, on disk until ClickHouse deletes the parts they are in
-    deleted = _delete_old_copies(client, changed) if embedded else None
+    deleted = None
+    if embedded:
+        if progress:
+            progress(f"erased; waiting for ClickHouse to delete the old copies of the changed rows "
+                     f"(usually under a minute, at most {OLD_COPIES_WAIT_S / 60:g} minutes)")
+        deleted = _delete_old_copies(client, changed, stop or threading.Event())
     return Erasure(erasure_id, org, subject, len(pairs), audit_event_id=audit_event_id,
                    rejects=rejects, alerts=alerts, old_copies_deleted=deleted)
+
+
+EVENTS_LOOKUP = {"event_id": "UUID", "ok": "UInt8", "changes": "String", "details": "Map(String, String)"}
+
+
+def events_update(values: str) -> tuple[str, str]:
+    """The assignments and the condition of the events' mutation, reading the
+    lookup table ``values``. Only the rows it holds change: ClickHouse replays
+    an unfinished mutation when the store is opened again (after a kill), and
+    the in-memory lookup is empty then, so the replay changes nothing."""
+    return (f"user_email = {{subject:String}}, user_id = {{subject:String}}, ip = toIPv6('::'), "
+            f"user_agent = '', changes = joinGet('{values}', 'changes', event_id), "
+            f"details = CAST(joinGet('{values}', 'details', event_id), "
+            f"'Map(LowCardinality(String), LowCardinality(String))'), pii_salt = {_ZERO_SALT}",
+            f"org_id = {{org:String}} AND joinGet('{values}', 'ok', event_id) = 1")
 
 
 @contextlib.contextmanager
@@ -239,7 +303,8 @@ def _lookup(client, erasure_id: str, name: str, columns: dict[str, str], rows: l
     client.command(f"CREATE TABLE {table} ({ddl}) ENGINE = Join(ANY, LEFT, {next(iter(columns))}) "
                    f"SETTINGS persistent = 0")
     try:
-        client.insert(table, rows, column_names=list(columns))
+        if rows:
+            client.insert(table, rows, column_names=list(columns))
         yield table
     finally:
         client.command(f"DROP TABLE IF EXISTS {table} SYNC")
@@ -264,14 +329,14 @@ def _mutate(client, table: str, assignments: str, where: str, parameters: dict) 
 def _erase_rejects(client, erasure_id: str, org: str, person: Person) -> int:
     """Replace the person in the raw JSON of the org's refused rows; returns how many."""
     # A first cut in SQL (multiSearchAny takes at most 255 needles at once), the exact one here.
-    chunks = [person.tokens[i:i + 255] for i in range(0, len(person.tokens), 255)]
-    named_sql = " OR ".join(["positionCaseInsensitiveUTF8(raw, {email:String}) > 0"]
-                            + [f"multiSearchAny(raw, {{t{i}:Array(String)}})" for i in range(len(chunks))])
+    terms = person.search_terms()
+    chunks = [terms[i:i + 255] for i in range(0, len(terms), 255)]
+    named_sql = " OR ".join(f"multiSearchAnyCaseInsensitiveUTF8(raw, {{t{i}:Array(String)}})"
+                            for i in range(len(chunks)))
     rows = client.query(f"SELECT DISTINCT cityHash64(raw), raw FROM {schema.REJECTS_TABLE} "
                         f"WHERE org_id = {{org:String}} AND ({named_sql})",
-                        parameters={"org": org, "email": person.email,
-                                    **{f"t{i}": chunk for i, chunk in enumerate(chunks)}}).result_rows
-    named = [[h, redact_raw(raw, person)] for h, raw in rows if person.named_in(raw)]
+                        parameters={"org": org, **{f"t{i}": c for i, c in enumerate(chunks)}}).result_rows
+    named = [[h, new] for h, raw in rows if (new := redact_raw(raw, person)) is not None]
     if not named:
         return 0
     with _lookup(client, erasure_id, "rejects", {"h": "UInt64", "raw": "String"}, named) as values:
@@ -299,7 +364,29 @@ def _erase_alert_keys(client, erasure_id: str, org: str, email: str, subject: st
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
-def _delete_old_copies(client, tables: list[str]) -> bool:
+_TABLES = (schema.EVENTS_TABLE, schema.REJECTS_TABLE, schema.ALERTS_TABLE)
+
+
+def clear_leftovers(client) -> None:
+    """Undo what an erase stopped by a crash or a kill may have left: its
+    mutations (no-ops by then, or stuck if their lookup table is gone) are
+    killed, its lookup tables dropped, ``old_parts_lifetime`` restored. Only
+    for a store no other process can be erasing in (an embedded one)."""
+    names = [t.split(".")[1] for t in _TABLES]
+    params = {"db": schema.DATABASE, "t": names}
+    client.command("KILL MUTATION WHERE database = {db:String} AND table IN {t:Array(String)} "
+                   "AND NOT is_done AND position(command, 'erasure_') > 0 SYNC", parameters=params)
+    for (name,) in client.query("SELECT name FROM system.tables WHERE database = {db:String} "
+                                "AND startsWith(name, 'erasure_')", parameters=params).result_rows:
+        client.command(f"DROP TABLE IF EXISTS {schema.DATABASE}.`{name}` SYNC")
+    for (name,) in client.query("SELECT name FROM system.tables WHERE database = {db:String} "
+                                "AND name IN {t:Array(String)} "
+                                "AND position(engine_full, 'old_parts_lifetime') > 0",
+                                parameters=params).result_rows:
+        client.command(f"ALTER TABLE {schema.DATABASE}.{name} RESET SETTING old_parts_lifetime")
+
+
+def _delete_old_copies(client, tables: list[str], stop: threading.Event) -> bool:
     """Have ClickHouse delete the parts from before the mutations now, not
     after its ``old_parts_lifetime`` (8 minutes of the store being open): flush
     the new parts to disk, let old parts go at once while waiting for them to
@@ -316,7 +403,8 @@ def _delete_old_copies(client, tables: list[str]) -> bool:
                                 parameters={"db": schema.DATABASE, "t": names}).result_rows[0][0]
             if not left:
                 return True
-            time.sleep(0.5)
+            if stop.wait(0.5):
+                break
         return False
     finally:
         for table in tables:

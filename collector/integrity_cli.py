@@ -290,9 +290,26 @@ def erase(org, user_email, actor, dry_run, data_dir, clickhouse_url):
 
     actor = actor or f"{os.environ.get('USER', 'unknown')}@{socket.gethostname()}"
     ring = keys.load(_keys_dir(data_dir)) if not dry_run else keys.Keyring({}, None)
-    with _open(data_dir, clickhouse_url) as store:
-        done = erasure.erase(store.client, ring, digests.digests_dir_for(data_dir), org, user_email,
-                             now_us=_now_us(), actor=actor, dry_run=dry_run, embedded=store.embedded)
+    # Ctrl-C, SIGTERM or SIGHUP let the erasure finish its steps (stopping half-way
+    # would leave the person erased but not recorded); they cut the last wait short.
+    stop = threading.Event()
+
+    def finish_first(*_):
+        if not stop.is_set():
+            click.echo("stopping: the erasure finishes its steps first", err=True)
+        stop.set()
+
+    with _open(data_dir, clickhouse_url) as store:  # chDB sets its own handlers when it starts
+        before = {sig: signal.signal(sig, finish_first)
+                  for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            done = erasure.erase(store.client, ring, digests.digests_dir_for(data_dir), org, user_email,
+                                 now_us=_now_us(), actor=actor, dry_run=dry_run,
+                                 embedded=store.embedded, stop=stop,
+                                 progress=lambda message: click.echo(message, err=True))
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
     if dry_run:
         click.echo(f"dry run: would erase {done.event_count} events of {user_email} in {org}")
         return
@@ -301,9 +318,9 @@ def erase(org, user_email, actor, dry_run, data_dir, clickhouse_url):
     if done.rejects or done.alerts:
         click.echo(f"also replaced in {done.rejects} refused row(s) and {done.alerts} alert row(s)")
     if done.old_copies_deleted is False:
-        click.secho(f"warning: ClickHouse had not deleted the old copies of the changed rows after "
-                    f"{erasure.OLD_COPIES_WAIT_S:g}s; it deletes them within about 8 minutes of "
-                    f"the store being open (`serve`)", fg="yellow", err=True)
+        click.secho("warning: ClickHouse had not deleted the old copies of the changed rows yet; "
+                    "it deletes them within about 8 minutes of the store being open (`serve`)",
+                    fg="yellow", err=True)
     elif done.old_copies_deleted is None:
         click.echo("the ClickHouse server deletes the old copies of the changed rows after its "
                    "old_parts_lifetime (8 minutes by default)")

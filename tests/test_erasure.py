@@ -164,3 +164,72 @@ def test_the_monthly_report_counts_no_erased_address_as_a_top_ip(sealed):
     _erase(sealed, "bo@example.com")  # bo's failed sign-in now has no address (::)
     gathered = report.gather(sealed.client, "org-a", month)
     assert gathered["failed_logins"] == 1 and gathered["top_ips"] == []
+
+
+def test_a_replayed_events_mutation_whose_lookup_is_empty_changes_nothing(sealed):
+    """After a kill, ClickHouse replays the unfinished mutation when the store is
+    opened again; its in-memory lookup is empty then: no event may change."""
+    before = sealed.client.query("SELECT * FROM audit.audit_events ORDER BY event_id").result_rows
+    with erasure._lookup(sealed.client, "replay", "events", erasure.EVENTS_LOOKUP, []) as values:
+        erasure._mutate(sealed.client, schema.EVENTS_TABLE, *erasure.events_update(values),
+                        {"subject": "erased-000000000000", "org": "org-a"})
+    assert sealed.client.query("SELECT * FROM audit.audit_events ORDER BY event_id").result_rows == before
+
+
+def test_what_a_killed_erase_leaves_is_cleared_by_the_next(sealed):
+    client = sealed.client
+    client.command("CREATE TABLE audit.erasure_dead_events (event_id UUID, ok UInt8) "
+                   "ENGINE = Join(ANY, LEFT, event_id) SETTINGS persistent = 0")
+    client.command("ALTER TABLE audit.audit_events MODIFY SETTING old_parts_lifetime = 0")
+    erasure.erase(client, sealed.keyring, sealed.digest_dir, "org-a", "bo@example.com",
+                  now_us=NOW + MIN, actor="dpo@example.com", embedded=True)
+    assert client.command("SELECT count() FROM system.tables WHERE database = 'audit' "
+                          "AND startsWith(name, 'erasure_')") == 0
+    assert "old_parts_lifetime" not in client.command(
+        "SELECT engine_full FROM system.tables WHERE database = 'audit' AND name = 'audit_events'")
+
+
+@pytest.mark.parametrize("email,as_refused,user_id", [
+    ('"jo.doe"@example.com', '"JO.DOE"@example.com', "tenant/kim-42"),  # JSON escapes " and /
+    ("groß@example.de", "Groß@Example.DE", "u-1"),                      # casefold is not lower
+    ("οδυσσεας.ς@example.gr", "ΟΔΥΣΣΕΑΣ.ς@example.gr", "u-2")])
+def test_a_refused_row_naming_the_person_in_json_escapes_or_other_cases_is_erased(
+        sealed, email, as_refused, user_id):
+    insert(sealed.client, [event(received_us=NOW, user=email, user_id=user_id)])
+    refused = to_batch(otlp_request([{"attrs": audit_attrs(**{
+        "user.email": as_refused, "user.id": user_id, "upmetr.audit.status": "maybe"})}]))
+    sealed.client.insert(schema.INGEST_TABLE, refused.rows, column_names=schema.INGEST_COLUMNS)
+    assert _erase(sealed, email).rejects == 1
+    [raw] = [r for (r,) in sealed.client.query("SELECT raw FROM audit.audit_rejects").result_rows]
+    attrs = json.loads(raw)["LogAttributes"]
+    assert attrs["user.email"] == attrs["user.id"] == "[erased]"
+
+
+def test_another_persons_refused_row_is_left_alone_and_a_mention_is_erased_alone(sealed):
+    insert(sealed.client, [event(received_us=NOW, user="ann@example.com", user_id="1")])
+    rows = []
+    for attrs in ({"user.email": "joann@example.com", "client.address": "192.0.2.1"},
+                  {"user.email": "zoe@example.com", "client.address": "192.0.2.9",
+                   "upmetr.audit.reason": "invited ann@example.com"}):
+        rows += to_batch(otlp_request([{"attrs": audit_attrs(
+            **{"upmetr.audit.status": "maybe", **attrs})}])).rows
+    sealed.client.insert(schema.INGEST_TABLE, rows, column_names=schema.INGEST_COLUMNS)
+    assert _erase(sealed, "ann@example.com").rejects == 1
+    by_email = {a["user.email"]: a for a in (json.loads(r)["LogAttributes"] for (r,) in
+                sealed.client.query("SELECT raw FROM audit.audit_rejects").result_rows)}
+    assert by_email["joann@example.com"]["client.address"] == "192.0.2.1"  # not ann's: untouched
+    zoe = by_email["zoe@example.com"]  # zoe's own values stay; only the mention of ann goes
+    assert zoe["client.address"] == "192.0.2.9" and zoe["upmetr.audit.reason"] == "[erased]"
+
+
+def test_keys_that_name_the_person_are_erased_too(sealed):
+    (eid,) = insert(sealed.client, [event(
+        received_us=NOW, user="mira.k@example.com",
+        changes='{"members": {"mira.k@example.com": "admin", "lee@example.com": "viewer"}}',
+        details={"invited:mira.k@example.com": "yes", "plan": "pro"})])
+    _erase(sealed, "mira.k@example.com")
+    changes, details = sealed.client.query(
+        "SELECT changes, details FROM audit.audit_events WHERE event_id = {id:UUID}",
+        parameters={"id": eid}).result_rows[0]
+    assert json.loads(changes) == {"members": {"[erased]": "admin", "lee@example.com": "viewer"}}
+    assert details == {"[erased]": "yes", "plan": "pro"}
