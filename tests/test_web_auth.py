@@ -250,3 +250,20 @@ def test_api_rate_limit_answers_429(app):
     login(client, "root@acme.test")
     codes = [client.get("/api/v1/summary").status_code for _ in range(3)]
     assert codes == [200, 200, 429]
+
+
+def test_failed_sign_ins_to_one_account_from_many_addresses_are_limited(app, store):
+    app.config.update(LOGIN_RATE_LIMIT="1000 per minute", LOGIN_ACCOUNT_RATE_LIMIT="3 per hour")
+    codes = []
+    for i in range(4):  # a distributed attack: another address each time
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"198.51.100.{i + 1}"
+        codes.append(login(client, "Root@Acme.test", "wrong password!").status_code)
+    assert codes == [401, 401, 401, 429]
+    other = app.test_client()
+    assert login(other, "admin@acme.test").status_code == 302  # other accounts are not limited
+
+
+def test_successful_sign_ins_do_not_use_up_the_account_limit(app):
+    app.config.update(LOGIN_ACCOUNT_RATE_LIMIT="2 per hour")
+    assert [login(app.test_client(), "root@acme.test").status_code for _ in range(4)] == [302] * 4
