@@ -257,7 +257,6 @@ def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, no
                   column_names=["erasure_id", "org_id", "event_id", "commitment", "erased_at"])
 
     # 4. the events
-    changed = [schema.EVENTS_TABLE]
     with _lookup(client, erasure_id, "events", EVENTS_LOOKUP,
                  [[r[0], 1, redact_changes(r[4], person), redact_details(r[5], person)]
                   for r in live]) as values:
@@ -265,7 +264,8 @@ def erase(client, keyring: Keyring, digest_dir: str, org: str, email: str, *, no
     # 5. the refused rows and the alerts that name the person
     rejects = _erase_rejects(client, erasure_id, org, person)
     alerts = _erase_alert_keys(client, erasure_id, org, email, subject)
-    changed += [schema.REJECTS_TABLE] * bool(rejects) + [schema.ALERTS_TABLE] * bool(alerts)
+    changed = [table for table, n in ((schema.EVENTS_TABLE, len(live)), (schema.REJECTS_TABLE, rejects),
+                                      (schema.ALERTS_TABLE, alerts)) if n]
     # 6. the erasure as an audit event
     local_audit.commit(client, audit_batch)
     # 7. the old copies of the rows, on disk until ClickHouse deletes the parts they are in

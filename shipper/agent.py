@@ -293,13 +293,7 @@ class Agent:
         """Read to the end and no longer at its path (rotated away or deleted)."""
         if os.fstat(f.fd).st_size > f.offset + len(f.partial):
             return False
-        if f.rotated:
-            return True
-        try:
-            st = os.stat(f.path)
-        except FileNotFoundError:
-            return True
-        return (st.st_dev, st.st_ino) != (f.dev, f.ino)
+        return f.rotated or not self._is_at(f, f.path)
 
     def _finish(self, f: _File) -> bool:
         """A file read to its end and gone: its last line, if it has no
@@ -351,16 +345,17 @@ class Agent:
                     self._dead(f, f.offset, f.partial[:200], f"line longer than {MAX_LINE_BYTES} bytes")
                 except SpoolError as exc:  # read again from its start at the next poll
                     f.partial = b""
-                    self.lines_read += 1  # _spool_refused counts a refused line back
-                    self._spool_refused(f, exc)
+                    self._spool_refused(f, exc, counted=False)
                     return handled
                 f.offset += len(f.partial)
                 f.partial = b""
                 f.skipping = True
 
-    def _spool_refused(self, f: _File, exc: SpoolError) -> None:
-        """The spool refused a line: it is read again at the next poll."""
-        self.lines_read -= 1
+    def _spool_refused(self, f: _File, exc: SpoolError, counted: bool = True) -> None:
+        """The spool refused a line: it is read again at the next poll (and is
+        not counted as read, if ``_handle`` had ``counted`` it)."""
+        if counted:
+            self.lines_read -= 1
         if self.spool_error is None:
             log.warning("the spool cannot take events; reading waits until it can",
                         extra={"error": str(exc), "path": f.path})
